@@ -1,0 +1,519 @@
+"""Pure functional layers for convolutional networks.
+
+Every function takes arrays plus keyword-only hyperparameters and returns arrays. Images are NHWC, convolution
+kernels HWIO: ``(kh, kw, in_channels // groups, out_channels)``. Everything is jittable, vmappable and
+differentiable; randomness comes in as an explicit key. This module imports jax only.
+
+Output sizes are computed in one place, :func:`conv_output_size`, with the formula of the source material,
+``out = floor((n + p_total - d * (k - 1) - 1) / s) + 1``; :func:`conv_output_shape` and :func:`pool_output_shape`
+apply it to whole NHWC shapes and raise one clear ``ValueError`` when a layer cannot work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+IntOrPair = Union[int, Sequence[int]]
+# 'SAME' | 'VALID' | p | (ph, pw) | ((top, bottom), (left, right)); per dimension also (lo, hi).
+Padding = Union[str, int, Sequence]
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hyperparameter canonicalization and output shapes
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def per_channel(vector: Array, ndim: int) -> Array:
+    """Reshapes a (C,) vector to (1, ..., 1, C) of rank ``ndim``, to broadcast over the last axis explicitly."""
+    return jnp.reshape(vector, (1,) * (ndim - 1) + (-1,))
+
+
+def as_pair(value: IntOrPair, what: str, *, minimum: int = 1) -> tuple[int, int]:
+    """Returns ``(value, value)`` for an int, or the pair itself; checks both are integers >= ``minimum``."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
+        raise ValueError(f"{what} must be an int >= {minimum} or a pair of them, got {value!r}")
+    return pair
+
+
+def _padding_per_dim(padding: Padding) -> tuple:
+    """Splits a 2-D padding spec into one spec per spatial dimension: 'SAME', 'VALID' or (lo, hi)."""
+    if isinstance(padding, str):
+        upper = padding.upper()
+        if upper not in ("SAME", "VALID"):
+            raise ValueError(f"padding must be 'SAME', 'VALID', an int or pairs of ints, got {padding!r}")
+        return upper, upper
+    if isinstance(padding, int):
+        return (padding, padding), (padding, padding)
+    padding = tuple(padding)
+    if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+        return (padding[0], padding[0]), (padding[1], padding[1])
+    if len(padding) == 2 and all(not isinstance(p, (int, str)) and len(p) == 2 for p in padding):
+        return tuple(tuple(p) for p in padding)
+    raise ValueError(
+        "padding must be 'SAME', 'VALID', an int p, a pair (ph, pw) or ((top, bottom), (left, right)), "
+        f"got {padding!r}"
+    )
+
+
+def _pads_1d(n: int, kernel: int, stride: int, dilation: int, padding) -> tuple[int, int]:
+    """Explicit (lo, hi) padding of one dimension; 'SAME' splits the total as XLA/TensorFlow do (extra at the end)."""
+    if padding == "VALID":
+        return 0, 0
+    if padding == "SAME":
+        effective_kernel = dilation * (kernel - 1) + 1
+        total = max((-(-n // stride) - 1) * stride + effective_kernel - n, 0)
+        return total // 2, total - total // 2
+    if isinstance(padding, int):
+        padding = (padding, padding)
+    lo, hi = padding
+    if not (isinstance(lo, int) and isinstance(hi, int) and lo >= 0 and hi >= 0):
+        raise ValueError(f"padding amounts must be non-negative ints, got {padding!r}")
+    return lo, hi
+
+
+def conv_output_size(n: int, kernel: int, *, stride: int = 1, padding=0, dilation: int = 1) -> int:
+    """Output length of a convolution or pooling window along one dimension.
+
+    ``floor((n + p_total - d * (k - 1) - 1) / s) + 1`` where ``p_total`` is the padding on both sides: an int ``p``
+    pads ``p`` on each side, a pair ``(lo, hi)`` pads ``lo + hi``; 'SAME' gives ``ceil(n / s)`` and 'VALID' pads 0.
+    The result may be <= 0 for a window that does not fit; the shape functions below turn that into an error.
+
+    >>> conv_output_size(100, 3, padding=2)
+    102
+    """
+    lo, hi = _pads_1d(n, kernel, stride, dilation, padding)
+    return (n + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def explicit_padding(
+    spatial: Sequence[int], window: Sequence[int], stride: Sequence[int], dilation: Sequence[int], padding: Padding
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Resolves any padding spec to ((top, bottom), (left, right)) for an input of spatial size (H, W)."""
+    return tuple(
+        _pads_1d(n, k, s, d, p) for n, k, s, d, p in zip(spatial, window, stride, dilation, _padding_per_dim(padding))
+    )
+
+
+def _check_input_rank(shape: Sequence[int], layer: str) -> None:
+    if len(shape) != 4:
+        raise ValueError(f"{layer}: expected an NHWC input of rank 4 (N, H, W, C), got shape {tuple(shape)}")
+
+
+def _spatial_output(
+    layer: str, what: str, shape: Sequence[int], window, stride, dilation, padding, fix: str
+) -> tuple[int, int]:
+    """Output (H, W) of a sliding window, raising a ValueError that names the layer when the map would be empty."""
+    out = tuple(
+        conv_output_size(n, k, stride=s, padding=p, dilation=d)
+        for n, k, s, d, p in zip(shape[1:3], window, stride, dilation, _padding_per_dim(padding))
+    )
+    if min(out) < 1:
+        raise ValueError(
+            f"{layer}: a {window[0]}x{window[1]} {what} (stride {stride}, dilation {dilation}, padding {padding!r}) "
+            f"does not fit the {shape[1]}x{shape[2]} feature map of input shape {tuple(shape)}: it would give an "
+            f"output of {out[0]}x{out[1]}. {fix}"
+        )
+    return out
+
+
+def conv_output_shape(
+    input_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    *,
+    stride: IntOrPair = 1,
+    padding: Padding = "VALID",
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    layer: str = "conv2d",
+) -> tuple[int, int, int, int]:
+    """NHWC output shape of :func:`conv2d`; raises ``ValueError`` naming ``layer`` if the convolution cannot work.
+
+    input_shape: (N, H, W, C); kernel_shape: (kh, kw, C // groups, O). Returns (N, H_out, W_out, O).
+    """
+    _check_input_rank(input_shape, layer)
+    if len(kernel_shape) != 4:
+        raise ValueError(f"{layer}: expected an HWIO kernel of rank 4 (kh, kw, in // groups, out), got {kernel_shape}")
+    kh, kw, kernel_in, out_channels = kernel_shape
+    channels = input_shape[3]
+    if out_channels < 1:
+        raise ValueError(f"{layer}: the number of filters must be >= 1, got kernel shape {tuple(kernel_shape)}")
+    if not isinstance(groups, int) or groups < 1 or channels % groups or out_channels % groups:
+        raise ValueError(
+            f"{layer}: groups={groups} must be a positive int dividing both the input channels ({channels}) and the "
+            f"output channels ({out_channels})"
+        )
+    if kernel_in * groups != channels:
+        raise ValueError(
+            f"{layer}: the input has {channels} channels but the kernel {tuple(kernel_shape)} expects "
+            f"{kernel_in * groups} (kernel in-channels {kernel_in} x groups {groups}); use a kernel of shape "
+            f"({kh}, {kw}, {channels // groups}, {out_channels})"
+        )
+    stride, dilation = as_pair(stride, f"{layer}: stride"), as_pair(dilation, f"{layer}: dilation")
+    fix = "Use a smaller kernel, stride or dilation, more padding (e.g. 'SAME'), or a larger input."
+    out_h, out_w = _spatial_output(layer, "kernel", input_shape, (kh, kw), stride, dilation, padding, fix)
+    return input_shape[0], out_h, out_w, out_channels
+
+
+def pool_output_shape(
+    input_shape: Sequence[int],
+    window: IntOrPair,
+    *,
+    stride: IntOrPair | None = None,
+    padding: Padding = "VALID",
+    layer: str = "pool",
+) -> tuple[int, int, int, int]:
+    """NHWC output shape of a pooling window; ``stride`` defaults to ``window``. Raises if the map would be empty.
+
+    input_shape: (N, H, W, C). Returns (N, H_out, W_out, C).
+    """
+    _check_input_rank(input_shape, layer)
+    window = as_pair(window, f"{layer}: window")
+    stride = window if stride is None else as_pair(stride, f"{layer}: stride")
+    fix = "Use a smaller pool window or stride, padding, fewer pooling layers before it, or a larger input."
+    out_h, out_w = _spatial_output(layer, "pooling window", input_shape, window, stride, (1, 1), padding, fix)
+    return input_shape[0], out_h, out_w, input_shape[3]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Convolution, pooling, dense
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def conv2d(
+    x: Array,
+    kernel: Array,
+    bias: Array | None = None,
+    *,
+    stride: IntOrPair = 1,
+    padding: Padding = "VALID",
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> Array:
+    """2-D convolution of an NHWC batch.
+
+    x: (N, H, W, C); kernel: (kh, kw, C // groups, O); bias: (O,) or None. Returns (N, H_out, W_out, O) with sizes
+    from :func:`conv_output_size`. ``groups`` splits the channels into independent convolutions (``groups == C`` is
+    a depthwise convolution); ``dilation`` spaces the kernel taps ``dilation`` pixels apart.
+
+    Like every deep-learning framework this computes a cross-correlation, ``out[i, j] = sum x[i*s + u, j*s + v] *
+    k[u, v]``: the kernel is not flipped. A true (mathematical) convolution is the same operation with the kernel
+    rotated by 180 degrees, ``conv2d(x, kernel[::-1, ::-1])``; since kernels are learned the distinction only
+    matters when loading filters defined as convolutions.
+    """
+    conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+    pads = explicit_padding(x.shape[1:3], kernel.shape[:2], stride, dilation, padding)
+    y = lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=stride,
+        padding=pads,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+    return y if bias is None else y + per_channel(bias, y.ndim)
+
+
+def _pool_geometry(x: Array, window: IntOrPair, stride, padding, layer: str):
+    """Checks a pooling call and returns (window, stride, explicit pads) as pairs."""
+    pool_output_shape(x.shape, window, stride=stride, padding=padding, layer=layer)
+    window = as_pair(window, "window")
+    stride = window if stride is None else as_pair(stride, "stride")
+    return window, stride, explicit_padding(x.shape[1:3], window, stride, (1, 1), padding)
+
+
+def _window_reduce(x: Array, init, op, window, stride, pads) -> Array:
+    return lax.reduce_window(x, init, op, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
+
+
+def max_pool(x: Array, window: IntOrPair, *, stride: IntOrPair | None = None, padding: Padding = "VALID") -> Array:
+    """Max pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window; padding never wins."""
+    window, stride, pads = _pool_geometry(x, window, stride, padding, "max_pool")
+    return _window_reduce(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, stride, pads)
+
+
+def avg_pool(
+    x: Array,
+    window: IntOrPair,
+    *,
+    stride: IntOrPair | None = None,
+    padding: Padding = "VALID",
+    count_include_pad: bool = True,
+) -> Array:
+    """Average pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window.
+
+    With ``count_include_pad`` every window is divided by its full size (padding counts as zeros, as in PyTorch's
+    default); otherwise by the number of real input pixels it covers (TensorFlow's 'SAME' behaviour).
+    """
+    window, stride, pads = _pool_geometry(x, window, stride, padding, "avg_pool")
+    zero = jnp.array(0, x.dtype)
+    sums = _window_reduce(x, zero, lax.add, window, stride, pads)
+    if count_include_pad:
+        return sums / jnp.array(window[0] * window[1], x.dtype)
+    counts = _window_reduce(jnp.ones((1, *x.shape[1:3], 1), x.dtype), zero, lax.add, window, stride, pads)
+    return sums / counts
+
+
+def global_avg_pool(x: Array) -> Array:
+    """Mean over the spatial dimensions. x: (N, H, W, C) -> (N, C)."""
+    _check_input_rank(x.shape, "global_avg_pool")
+    return jnp.mean(x, axis=(1, 2))
+
+
+def global_max_pool(x: Array) -> Array:
+    """Maximum over the spatial dimensions. x: (N, H, W, C) -> (N, C)."""
+    _check_input_rank(x.shape, "global_max_pool")
+    return jnp.max(x, axis=(1, 2))
+
+
+def subsample(x: Array, coefficient: Array, bias: Array, *, window: int = 2) -> Array:
+    """LeNet-5's subsampling: each non-overlapping window summed, times a per-map coefficient, plus a per-map bias.
+
+    x: (N, H, W, C); coefficient, bias: (C,). Returns (N, H // window, W // window, C).
+    """
+    sums = avg_pool(x, window) * jnp.array(window * window, x.dtype)
+    return _affine(sums, coefficient, bias)
+
+
+def euclidean_rbf(x: Array, prototypes: Array) -> Array:
+    """Euclidean radial basis units (LeNet-5's output): ``y[n, k] = sum_j (x[n, j] - prototypes[k, j]) ** 2``.
+
+    x: (N, D); prototypes: (K, D). Returns (N, K) squared distances (penalties: smaller is a better match).
+    """
+    return jnp.sum(jnp.square(x[:, None, :] - prototypes[None, :, :]), axis=-1)
+
+
+def flatten(x: Array) -> Array:
+    """Flattens everything but the batch dimension. x: (N, ...) -> (N, prod(...))."""
+    return x.reshape(x.shape[0], -1)
+
+
+def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+    """Fully connected layer. x: (N, D); kernel: (D, O); bias: (O,) or None. Returns (N, O)."""
+    if x.ndim != 2 or kernel.ndim != 2 or x.shape[1] != kernel.shape[0]:
+        raise ValueError(
+            f"dense: expected x of shape (N, D) and a kernel of shape (D, O), got x {x.shape} and kernel "
+            f"{kernel.shape}; flatten feature maps first (functional.flatten)"
+        )
+    y = x @ kernel
+    return y if bias is None else y + per_channel(bias, y.ndim)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Normalization and dropout
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def lrn(x: Array, *, depth_radius: int = 5, bias: float = 1.0, alpha: float = 1.0, beta: float = 0.5) -> Array:
+    """Local response normalization across channels, as ``tf.nn.local_response_normalization``.
+
+    x: (N, H, W, C) -> same shape.
+    ``out[..., c] = x[..., c] / (bias + alpha * sum(x[..., c - r : c + r + 1] ** 2)) ** beta`` with r = depth_radius.
+    As in TensorFlow and in the AlexNet paper (k=2, n=5, alpha=1e-4, beta=0.75 is depth_radius=2, bias=2,
+    alpha=1e-4, beta=0.75), alpha is not divided by the window size (PyTorch's ``LocalResponseNorm`` divides it).
+    """
+    if depth_radius < 0:
+        raise ValueError(f"lrn: depth_radius must be >= 0, got {depth_radius}")
+    window = 2 * depth_radius + 1
+    pads = ((0, 0),) * (x.ndim - 1) + ((depth_radius, depth_radius),)
+    squares = lax.reduce_window(
+        x * x, jnp.array(0, x.dtype), lax.add, (1,) * (x.ndim - 1) + (window,), (1,) * x.ndim, pads
+    )
+    return x / (bias + alpha * squares) ** beta
+
+
+def _normalize(x: Array, mean: Array, var: Array, epsilon: float) -> Array:
+    return (x - mean) * lax.rsqrt(var + jnp.array(epsilon, x.dtype))
+
+
+def _affine(y: Array, scale: Array | None, bias: Array | None) -> Array:
+    """y * scale + bias with per-channel (C,) scale and bias, either of which may be None."""
+    if scale is not None:
+        y = y * per_channel(scale, y.ndim)
+    return y if bias is None else y + per_channel(bias, y.ndim)
+
+
+def batch_norm(
+    x: Array,
+    scale: Array | None,
+    bias: Array | None,
+    running_mean: Array,
+    running_var: Array,
+    *,
+    training: bool,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+) -> tuple[Array, Array, Array]:
+    """Batch normalization over every axis but the last (channels).
+
+    x: (N, ..., C); scale, bias, running_mean, running_var: (C,). Returns ``(y, new_running_mean, new_running_var)``.
+    In training mode the batch's statistics normalize ``x`` and the running statistics move towards them,
+    ``running = momentum * running + (1 - momentum) * batch`` (Flax's convention: the biased batch variance); in
+    evaluation mode the running statistics normalize ``x`` and come back unchanged.
+    """
+    if not training:
+        y = _normalize(x, per_channel(running_mean, x.ndim), per_channel(running_var, x.ndim), epsilon)
+        return _affine(y, scale, bias), running_mean, running_var
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    momentum = jnp.array(momentum, x.dtype)
+    new_mean = momentum * running_mean + (1 - momentum) * mean.reshape(-1)
+    new_var = momentum * running_var + (1 - momentum) * var.reshape(-1)
+    y = _normalize(x, mean, var, epsilon)
+    return _affine(y, scale, bias), new_mean, new_var
+
+
+def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *, epsilon: float = 1e-5) -> Array:
+    """Layer normalization: each example is normalized over all its non-batch axes (H, W, C for images).
+
+    x: (N, ...); scale, bias: (C,) per channel (last axis) or None. Equals :func:`group_norm` with one group.
+    """
+    axes = tuple(range(1, x.ndim))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return _affine(_normalize(x, mean, var, epsilon), scale, bias)
+
+
+def group_norm(
+    x: Array, scale: Array | None = None, bias: Array | None = None, *, num_groups: int, epsilon: float = 1e-5
+) -> Array:
+    """Group normalization (Wu & He, 2018): channels split into ``num_groups`` groups normalized per example.
+
+    x: (N, H, W, C) with C divisible by num_groups; scale, bias: (C,) or None. Returns (N, H, W, C).
+    """
+    channels = x.shape[-1]
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(f"group_norm: num_groups={num_groups} must divide the {channels} channels of input {x.shape}")
+    grouped = x.reshape(*x.shape[:-1], num_groups, channels // num_groups)
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+    mean = jnp.mean(grouped, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
+    return _affine(_normalize(grouped, mean, var, epsilon).reshape(x.shape), scale, bias)
+
+
+def dropout(x: Array, rate: float, *, key: Array | None, deterministic: bool = False) -> Array:
+    """Inverted dropout: zeroes each element with probability ``rate`` and scales the rest by ``1 / (1 - rate)``.
+
+    x: any shape -> same shape. ``rate`` is the drop probability (not stax's keep probability). With
+    ``deterministic=True`` or ``rate == 0`` the input comes back unchanged and no key is needed. ``rate`` may be a
+    traced scalar (e.g. vmapped across a sweep); a concrete rate is checked to lie in [0, 1].
+    """
+    if isinstance(rate, (int, float)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"dropout: rate is the drop probability and must lie in [0, 1], got {rate}")
+        if deterministic or rate == 0.0:
+            return x
+        if rate == 1.0:
+            return jnp.zeros_like(x)
+    elif deterministic:
+        return x
+    if key is None:
+        raise ValueError("dropout: a PRNG key is required when deterministic=False and rate > 0")
+    keep = 1.0 - jnp.asarray(rate, x.dtype)
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------------------------------------------------
+
+relu = jax.nn.relu
+sigmoid = jax.nn.sigmoid
+tanh = jnp.tanh
+softmax = jax.nn.softmax
+log_softmax = jax.nn.log_softmax
+
+
+def lecun_tanh(x: Array) -> Array:
+    """LeCun's scaled hyperbolic tangent ``1.7159 * tanh(2x / 3)`` (LeNet-5, 1998): f(1) = 1, f(-1) = -1."""
+    return jnp.array(1.7159, x.dtype) * jnp.tanh(x * jnp.array(2.0 / 3.0, x.dtype))
+
+
+ACTIVATIONS = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh, "lecun_tanh": lecun_tanh}
+
+
+def activation(name: str):
+    """The activation function called ``name`` (one of :data:`ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Cross-entropy of integer labels under softmax(logits). logits: (N, K); labels: (N,) ints. Returns (N,)."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def mean_squared_error(outputs: Array, labels: Array, *, on_value: float = 1.0, off_value: float = 0.0) -> Array:
+    """Mean squared error against one-of-c targets (the classic LeNet criterion).
+
+    outputs: (N, K); labels: (N,) ints. The target of example n is ``on_value`` at ``labels[n]`` and ``off_value``
+    elsewhere (LeNet used +1/-1 with tanh units). Returns (N,): the mean over the K outputs of the squared error.
+    """
+    targets = jnp.where(
+        jax.nn.one_hot(labels, outputs.shape[-1], dtype=jnp.bool_),
+        jnp.array(on_value, outputs.dtype),
+        jnp.array(off_value, outputs.dtype),
+    )
+    return jnp.mean(jnp.square(outputs - targets), axis=-1)
+
+
+def l2_penalty(params) -> Array:
+    """``0.5 * sum(w ** 2)`` over every leaf of a params pytree (``tf.nn.l2_loss`` summed); pass the weights only
+    (e.g. the kernels) to leave biases unregularized."""
+    return 0.5 * sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Initializers: functions (key, shape, dtype) -> array. Fans are computed for HWIO kernels and (in, out) matrices.
+# ----------------------------------------------------------------------------------------------------------------------
+
+lecun_normal = jax.nn.initializers.lecun_normal
+lecun_uniform = jax.nn.initializers.lecun_uniform
+glorot_normal = jax.nn.initializers.glorot_normal
+glorot_uniform = jax.nn.initializers.glorot_uniform
+he_normal = jax.nn.initializers.he_normal
+he_uniform = jax.nn.initializers.he_uniform
+truncated_normal = jax.nn.initializers.truncated_normal  # truncated_normal(stddev) truncates at +-2 stddev
+zeros = jax.nn.initializers.zeros
+ones = jax.nn.initializers.ones
+
+
+def uniform_range(low: float, high: float):
+    """Initializer drawing uniformly from [low, high), e.g. ``uniform_range(-0.3, 0.3)``."""
+    if not low < high:
+        raise ValueError(f"uniform_range: need low < high, got [{low}, {high})")
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, minval=low, maxval=high)
+
+    return init
+
+
+def lecun98_uniform(scale: float = 2.4, *, fan_in: float | None = None):
+    """LeNet-5's initializer: uniform in ``+-scale / fan_in`` (1998 paper, appendix C).
+
+    ``fan_in`` defaults to ``prod(shape[:-1])`` (kh * kw * in for HWIO kernels, D for (D, O) matrices).
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        limit = scale / (math.prod(shape[:-1]) if fan_in is None else fan_in)
+        return jax.random.uniform(key, shape, dtype, minval=-limit, maxval=limit)
+
+    return init

@@ -1,0 +1,109 @@
+"""Model zoo: forward shapes, parameter counts, LeNet-5's 1998 table, one train step, and clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import functional as F
+from cnnjax import models, summary
+
+KEY = jax.random.key(0)
+# name -> (input shape, fields, expected trainable parameters)
+CASES = {
+    "lenet": ((28, 28, 1), {}, 6 * 26 + 16 * 151 + 400 * 120 + 120 + 121 * 84 + 85 * 10),
+    "lenet5_classic": ((32, 32, 1), {}, 60_000),
+    "cifar_cnn": ((32, 32, 3), {}, (75 * 64 + 64) + (1600 * 64 + 64) + (4096 * 256 + 256) + (256 * 10 + 10)),
+}
+
+
+def _count(tree):
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_shape_parameter_count_and_one_train_step(name):
+    shape, fields, expected_params = CASES[name]
+    model = models.get(name, **fields)
+    x = jax.random.normal(KEY, (4, *shape))
+    labels = jnp.array([0, 1, 2, 3])
+    variables = model.init(KEY, x)
+    assert _count(variables["params"]) == expected_params
+    assert model.apply(variables, x).shape == (4, 10)
+
+    def loss(params):
+        scores = model.apply({**variables, "params": params}, x, train=True, rngs={"dropout": KEY})
+        if name == "lenet5_classic":  # RBF penalties: smaller is better
+            return jnp.mean(F.softmax_cross_entropy(-scores, labels))
+        return jnp.mean(F.softmax_cross_entropy(scores, labels))
+
+    value, grads = jax.value_and_grad(loss)(variables["params"])
+    params = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, variables["params"], grads)
+    assert np.isfinite(value) and float(loss(params)) < float(value)
+
+
+def test_lenet5_classic_reproduces_the_1998_table():
+    rows = {row["name"]: row for row in summary.summarize(models.get("lenet5_classic"), (32, 32, 1))}
+    paper = {
+        "C1": (156, 122_304, (28, 28, 6)),
+        "S2": (12, 5_880, (14, 14, 6)),
+        "C3": (1_516, 151_600, (10, 10, 16)),
+        "S4": (32, 2_000, (5, 5, 16)),
+        "C5": (48_120, 48_120, (1, 1, 120)),
+        "F6": (10_164, 10_164, (84,)),
+    }
+    for name, (params, connections, shape) in paper.items():
+        assert (rows[name]["params"], rows[name]["connections"], rows[name]["output_shape"]) == (params, connections, shape)
+    assert rows["output"]["params"] == 840 and rows["output"]["trainable"] == 0
+    assert sum(r["params"] for r in rows.values()) == 60_840
+    assert sum(r["trainable"] for r in rows.values()) == 60_000
+    assert [rows[n]["receptive_field"] for n in ("C1", "S2", "C3", "S4", "C5")] == [(5, 5), (6, 6), (14, 14), (16, 16), (32, 32)]
+    text = summary.format_summary(list(rows.values()))
+    assert "122,304" in text and "60,840 parameters: 60,000 trainable, 840 fixed" in text
+
+
+def test_lenet5_with_trainable_prototypes_trains_all_60840():
+    variables = models.get("lenet5_classic", rbf_trainable=True).init(KEY, jnp.ones((1, 32, 32, 1)))
+    assert _count(variables["params"]) == 60_840 and "constants" not in variables
+
+
+def test_rbf_codes_are_distinct_plus_minus_one_bitmaps():
+    from cnnjax.models.lenet import C3_TABLE, rbf_codes
+
+    codes = rbf_codes()
+    assert codes.shape == (10, 84) and set(np.unique(codes)) == {-1.0, 1.0}
+    assert len({c.tobytes() for c in codes}) == 10
+    assert C3_TABLE.sum() == 60 and list(C3_TABLE.sum(axis=0)) == [3] * 6 + [4] * 9 + [6]
+
+
+def test_modern_lenet_is_configurable_and_summary_counts_flops():
+    model = models.get("lenet", filters=(8, 16, 32), kernel_size=3, padding="SAME", pool="avg", activation="tanh", hidden=(64,))
+    rows = summary.summarize(model, (28, 28, 1))
+    assert [r["name"] for r in rows] == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "fc1", "logits"]
+    assert rows[4]["output_shape"] == (7, 7, 32) and rows[5]["output_shape"] == (3, 3, 32)
+    assert rows[0]["flops"] == 28 * 28 * 8 * (2 * 9 + 1) and rows[0]["connections"] == 28 * 28 * 8 * 10
+    assert rows[6]["params"] == 288 * 64 + 64
+
+
+def test_impossible_hyperparameters_raise_one_clear_error_before_compiling():
+    with pytest.raises(ValueError, match=r"Conv2D 'C5': a 5x5 kernel .* 4x4 feature map"):
+        summary.summarize(models.get("lenet5_classic"), (28, 28, 1))
+    with pytest.raises(ValueError, match=r"Conv2D 'conv2': a 11x11 kernel .* 9x9 .*Use a smaller kernel"):
+        summary.summarize(models.get("lenet", kernel_size=11, padding="VALID"), (28, 28, 1))
+    with pytest.raises(ValueError, match=r"MaxPool2D 'pool3': a 4x4 pooling window .* 1x1 feature map"):
+        summary.summarize(models.get("lenet", filters=(4, 4, 4), pool_size=4, padding="SAME"), (28, 28, 1))
+    with pytest.raises(ValueError, match=r"number of filters must be >= 1"):
+        summary.summarize(models.get("lenet", filters=(0, 16)), (28, 28, 1))
+    with pytest.raises(ValueError, match=r"model.kernel_size has 3 entries"):
+        summary.summarize(models.get("lenet", kernel_size=(5, 5, 5)), (28, 28, 1))
+    with pytest.raises(ValueError, match=r"model.pool must be one of"):
+        summary.summarize(models.get("lenet", pool="median"), (28, 28, 1))
+
+
+def test_registry_errors_name_the_closest_options():
+    assert set(models.MODELS) >= {"lenet", "lenet5_classic", "cifar_cnn"}
+    with pytest.raises(ValueError, match="unknown model 'lenet6'. Did you mean lenet"):
+        models.get("lenet6")
+    with pytest.raises(ValueError, match="has no field 'filter'. Did you mean filters"):
+        models.get("lenet", filter=(6, 16))
+    assert "hidden" in models.fields("lenet")
