@@ -1,0 +1,28 @@
+"""Datasets by their TFDS names, offline sources, preprocessing, augmentation and batching.
+
+``load(name, split)`` gives a raw split as NumPy arrays (uint8 NHWC images, int64 labels); ``load_splits(config)``
+the preprocessed train / validation / test splits of an experiment's ``data`` config section; ``train_batches`` and
+``eval_batches`` the index arrays a training loop gathers its batches with; ``augment`` the on-device augmentations.
+"""
+
+from cnnjax.data.augmentation import augment, random_crop, random_flip, random_translate
+from cnnjax.data.pipeline import Splits, eval_batches, load_splits, steps_per_epoch, train_batches
+from cnnjax.data.sources import DATASETS, DataError, DatasetSpec
+from cnnjax.data.tfds_builders import load, prepare
+
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "DatasetSpec",
+    "Splits",
+    "augment",
+    "eval_batches",
+    "load",
+    "load_splits",
+    "prepare",
+    "random_crop",
+    "random_flip",
+    "random_translate",
+    "steps_per_epoch",
+    "train_batches",
+]
