@@ -230,14 +230,15 @@ def _pool_geometry(x: Array, window: IntOrPair, stride, padding, layer: str):
     return window, stride, explicit_padding(x.shape[1:3], window, stride, (1, 1), padding)
 
 
-def _window_reduce(x: Array, init, op, window, stride, pads) -> Array:
+def _window_reduce(x: Array, init: float, op, window, stride, pads) -> Array:
+    # init must be a Python scalar: JAX then recognizes the (max, -inf) and (add, 0) monoids and can differentiate.
     return lax.reduce_window(x, init, op, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
 
 
 def max_pool(x: Array, window: IntOrPair, *, stride: IntOrPair | None = None, padding: Padding = "VALID") -> Array:
     """Max pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window; padding never wins."""
     window, stride, pads = _pool_geometry(x, window, stride, padding, "max_pool")
-    return _window_reduce(x, jnp.array(-jnp.inf, x.dtype), lax.max, window, stride, pads)
+    return _window_reduce(x, -math.inf, lax.max, window, stride, pads)
 
 
 def avg_pool(
@@ -254,11 +255,10 @@ def avg_pool(
     default); otherwise by the number of real input pixels it covers (TensorFlow's 'SAME' behaviour).
     """
     window, stride, pads = _pool_geometry(x, window, stride, padding, "avg_pool")
-    zero = jnp.array(0, x.dtype)
-    sums = _window_reduce(x, zero, lax.add, window, stride, pads)
+    sums = _window_reduce(x, 0.0, lax.add, window, stride, pads)
     if count_include_pad:
         return sums / jnp.array(window[0] * window[1], x.dtype)
-    counts = _window_reduce(jnp.ones((1, *x.shape[1:3], 1), x.dtype), zero, lax.add, window, stride, pads)
+    counts = _window_reduce(jnp.ones((1, *x.shape[1:3], 1), x.dtype), 0.0, lax.add, window, stride, pads)
     return sums / counts
 
 
@@ -325,7 +325,7 @@ def lrn(x: Array, *, depth_radius: int = 5, bias: float = 1.0, alpha: float = 1.
     window = 2 * depth_radius + 1
     pads = ((0, 0),) * (x.ndim - 1) + ((depth_radius, depth_radius),)
     squares = lax.reduce_window(
-        x * x, jnp.array(0, x.dtype), lax.add, (1,) * (x.ndim - 1) + (window,), (1,) * x.ndim, pads
+        x * x, 0.0, lax.add, (1,) * (x.ndim - 1) + (window,), (1,) * x.ndim, pads
     )
     return x / (bias + alpha * squares) ** beta
 
@@ -454,10 +454,15 @@ def activation(name: str):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _at_labels(values: Array, labels: Array) -> Array:
+    """values[n, labels[n]] for each n. values: (N, K); labels: (N,) ints. Returns (N,)."""
+    return jnp.take_along_axis(values, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
 def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
     """Cross-entropy of integer labels under softmax(logits). logits: (N, K); labels: (N,) ints. Returns (N,)."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return -_at_labels(log_probs, labels)
 
 
 def mean_squared_error(outputs: Array, labels: Array, *, on_value: float = 1.0, off_value: float = 0.0) -> Array:
@@ -472,6 +477,15 @@ def mean_squared_error(outputs: Array, labels: Array, *, on_value: float = 1.0, 
         jnp.array(off_value, outputs.dtype),
     )
     return jnp.mean(jnp.square(outputs - targets), axis=-1)
+
+
+def rbf_loss(penalties: Array, labels: Array) -> Array:
+    """LeNet-5's maximum-likelihood criterion (eq. 8 of the 1998 paper): the RBF output of the correct class.
+
+    penalties: (N, K) squared distances from :func:`euclidean_rbf`; labels: (N,) ints. Returns (N,): the squared
+    distance of each example's F6 state to the code of its class, a mean squared error against fixed targets.
+    """
+    return _at_labels(penalties, labels)
 
 
 def l2_penalty(params) -> Array:

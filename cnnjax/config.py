@@ -1,0 +1,128 @@
+"""Experiment configs: the defaults every experiment starts from, model sections, and validation.
+
+A config is an ``ml_collections.ConfigDict`` with sections ``data``, ``model``, ``optim`` and ``train``. Experiments
+(``experiments/<name>.py``) start from :func:`base_config`, change what they need, and return it locked, so that a
+misspelt key is an error instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+import ml_collections
+
+from cnnjax import models
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+    """The ``model`` section for model ``name``: its name and every field with its default (or the override)."""
+    fields = {f.name: f.default for f in dataclasses.fields(models.MODELS[name]) if f.name in models.fields(name)}
+    unknown = set(overrides) - set(fields)
+    if unknown:
+        models.get(name, **{k: overrides[k] for k in unknown})  # raises the error naming the closest fields
+    return ml_collections.ConfigDict({"name": name, **fields, **overrides})
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by all experiments (modern LeNet on Fashion-MNIST with Adam)."""
+    config = ml_collections.ConfigDict()
+    config.data = ml_collections.ConfigDict(
+        {
+            "name": "fashion_mnist",  # a TFDS name
+            "data_dir": ml_collections.config_dict.placeholder(str),  # a directory with the original files
+            "tfds_dir": ml_collections.config_dict.placeholder(str),  # TFDS's data directory (default ~/tensorflow_datasets)
+            "batch_size": 128,
+            "eval_batch_size": 1000,
+            "validation_fraction": 0.1,  # held out from train, deterministically (split_seed)
+            "validation_size": 0,  # > 0: hold out exactly this many instead
+            "split_seed": 0,
+            "balance": "none",  # none | undersample | oversample
+            "pad_to": 0,  # > 0: zero-pad images to pad_to x pad_to (LeNet-5: 32)
+            "standardize": True,  # per-channel mean/std of the training split
+            "zca": False,  # ZCA whitening fitted on the training split (instead of standardize)
+            "zca_epsilon": 0.1,
+            "random_crop_padding": 0,  # augmentation: pad and randomly crop back
+            "random_flip": False,  # augmentation: random left-right mirror
+            "random_translate": 0.0,  # augmentation: random sub-pixel shift, in pixels
+        }
+    )
+    config.model = model_config("lenet")
+    config.optim = ml_collections.ConfigDict(
+        {
+            "name": "adam",  # sgd | momentum | nesterov | adam | adamw | rmsprop
+            "learning_rate": 1e-3,
+            "momentum": 0.9,
+            "nesterov": False,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "eps": 1e-8,
+            "rms_decay": 0.9,
+            "weight_decay": 0.0,  # decoupled weight decay (AdamW style), on kernels only
+            "l2": 0.0,  # coupled L2: adds l2 * 0.5 * sum(w ** 2) of the kernels to the loss
+            "schedule": "constant",  # constant | step | exponential | cosine
+            "warmup_epochs": 0.0,  # linear warmup from 0
+            "decay_rate": 0.1,  # step: factor every decay_epochs; exponential: factor per decay_epochs
+            "decay_epochs": 10.0,
+            "clip_norm": 0.0,  # > 0: clip gradients to this global norm
+        }
+    )
+    config.train = ml_collections.ConfigDict(
+        {
+            "num_epochs": 10,
+            "seed": 0,
+            "loss": "cross_entropy",  # cross_entropy | mse (one-of-c targets) | rbf (LeNet-5's RBF penalties)
+            "eval_every": 1,  # epochs between validation passes
+            "checkpoint_every": 0,  # steps between extra mid-epoch checkpoints (0: only at epoch ends)
+            "keep_checkpoints": 3,
+            "early_stopping_patience": 0,  # evaluations without a better validation accuracy (0: never stop)
+            "log_every": 50,  # steps between metric records
+        }
+    )
+    return config
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf key of a config as a dotted path, e.g. 'optim.learning_rate'."""
+    keys = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        keys.extend(flat_keys(value, f"{path}.") if isinstance(value, ml_collections.ConfigDict) else [path])
+    return keys
+
+
+def closest_keys(key: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The config keys most similar to ``key`` (for error messages), abbreviations included ('lr' for
+    'learning_rate')."""
+    known = flat_keys(config)
+    leaf = key.split(".")[-1]
+    abbreviated = [k for k in known if "".join(word[0] for word in k.split(".")[-1].split("_")) == leaf]
+    similar = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    same_section = [k for k in known if k.split(".")[0] == key.split(".")[0]]
+    return list(dict.fromkeys(abbreviated + similar))[:4] or same_section[:6]
+
+
+def _check(condition: bool, key: str, value, requirement: str) -> None:
+    if not condition:
+        raise ValueError(f"config.{key}={value!r} is invalid: {requirement}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Rejects config values that cannot work, with one line naming the key; the optimizer and the model's shapes
+    are checked by ``optim.validate`` and ``train.check_model``."""
+    data, train = config.data, config.train
+    _check(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be >= 1")
+    _check(data.eval_batch_size >= 1, "data.eval_batch_size", data.eval_batch_size, "must be >= 1")
+    _check(0.0 <= data.validation_fraction < 1.0, "data.validation_fraction", data.validation_fraction, "in [0, 1)")
+    _check(data.validation_size >= 0, "data.validation_size", data.validation_size, "must be >= 0")
+    _check(data.random_crop_padding >= 0, "data.random_crop_padding", data.random_crop_padding, "must be >= 0")
+    _check(data.random_translate >= 0, "data.random_translate", data.random_translate, "must be >= 0")
+    _check(data.zca_epsilon > 0, "data.zca_epsilon", data.zca_epsilon, "must be > 0")
+    _check(train.num_epochs >= 1, "train.num_epochs", train.num_epochs, "must be >= 1")
+    _check(train.eval_every >= 1, "train.eval_every", train.eval_every, "must be >= 1")
+    _check(train.log_every >= 1, "train.log_every", train.log_every, "must be >= 1")
+    _check(train.checkpoint_every >= 0, "train.checkpoint_every", train.checkpoint_every, "must be >= 0")
+    _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 1")
+    patience = train.early_stopping_patience
+    _check(patience >= 0, "train.early_stopping_patience", patience, "must be >= 0")
+    _check(config.model.name in models.MODELS, "model.name", config.model.name, f"one of {sorted(models.MODELS)}")

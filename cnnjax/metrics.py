@@ -1,0 +1,78 @@
+"""Metric writers (JSONL and TensorBoard), atomic JSON files, and the progress bar.
+
+``metrics.jsonl`` holds one JSON record per line, each with ``kind`` ('train', 'epoch' or 'test') and ``step``. On a
+resume from the checkpoint at step S the file is cut back to the records of steps <= S (and a half-written last
+line is dropped), so a resumed run's log equals an uninterrupted run's. Timing fields (``TIMING_KEYS``) are the only
+ones that differ between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+TIMING_KEYS = ("images_per_sec", "elapsed_s")
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Writes ``data`` as JSON atomically: a reader or a crash never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The complete records of a metrics.jsonl file (a torn last line is skipped)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+class MetricsWriter:
+    """Appends records to ``workdir/metrics.jsonl`` and scalars to TensorBoard event files in ``workdir/tensorboard``.
+
+    ``resume_step``: the step training restarts from; later records of an interrupted run are discarded.
+    """
+
+    def __init__(self, workdir: str | Path, resume_step: int = 0):
+        from tensorboardX import SummaryWriter
+
+        self.path = Path(workdir) / "metrics.jsonl"
+        kept = [r for r in read_records(self.path) if r["step"] <= resume_step]
+        tmp = self.path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+        self.file = self.path.open("a")
+        self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record, sort_keys=True) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.tensorboard.close()
+
+
+def progress_bar(total: int, initial: int, description: str) -> tqdm:
+    """A progress bar over the steps of one epoch; it disappears when the epoch ends."""
+    return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True, unit="step")
+
+
+def log_line(text: str) -> None:
+    """Prints a line without breaking an active progress bar."""
+    tqdm.write(text)

@@ -1,0 +1,363 @@
+"""Training and evaluation: ``train_and_evaluate(config, workdir) -> results``.
+
+One run: check the config (before anything slow), load the data onto the device, build the model and optimizer,
+resume from the latest checkpoint in ``workdir`` if there is one, train with a jitted step over plain-pytree state,
+evaluate on the validation split, keep the best checkpoint (early stopping on validation accuracy), test the best
+parameters, and write ``results.json``, ``metrics.jsonl``, TensorBoard events and a learning-curve PNG.
+
+Determinism: parameters come from ``seed``, the batch order of each epoch from (seed, epoch), and the randomness of
+step s (augmentation, dropout) from ``fold_in(key, s)``, so a resumed run is bitwise identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cnnjax import config as config_lib
+from cnnjax import data, metrics, models, optim, plots
+from cnnjax import functional as F
+from cnnjax.checkpoint import Checkpoints
+from cnnjax.data.pipeline import BALANCE_MODES
+
+# loss name -> (per-example loss of (outputs, labels), class scores from outputs: the argmax is the prediction)
+LOSSES = {
+    "cross_entropy": (F.softmax_cross_entropy, lambda outputs: outputs),
+    "mse": (F.mean_squared_error, lambda outputs: outputs),
+    "rbf": (F.rbf_loss, lambda penalties: -penalties),  # LeNet-5: the smallest penalty wins
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def expected_image_shape(data_config) -> tuple[int, int, int] | None:
+    """The (H, W, C) the model will see, known without loading the data for cnnjax's datasets."""
+    spec = data.DATASETS.get(data_config.name)
+    if spec is None:
+        return None
+    h, w, c = spec.image_shape
+    return (data_config.pad_to, data_config.pad_to, c) if data_config.pad_to else (h, w, c)
+
+
+def check_model(model, image_shape, num_classes: int | None) -> None:
+    """Traces the model on ``image_shape`` without compiling: impossible shapes raise their ValueError here."""
+    out = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    outputs = jax.eval_shape(lambda v, x: model.apply(v, x), out, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    if num_classes is not None and outputs.shape[-1] != num_classes:
+        raise ValueError(
+            f"the model outputs {outputs.shape[-1]} classes but the dataset has {num_classes}; set "
+            f"--config.model.num_classes={num_classes}"
+        )
+
+
+def check_config(config):
+    """Rejects every bad value with one clear line before data loading or compilation; returns the model."""
+    config_lib.validate(config)
+    optim.validate(config.optim)
+    if config.train.loss not in LOSSES:
+        raise ValueError(f"config.train.loss={config.train.loss!r} is invalid: choose one of {', '.join(LOSSES)}")
+    if config.data.balance not in BALANCE_MODES:
+        raise ValueError(f"config.data.balance={config.data.balance!r} is invalid: choose one of {BALANCE_MODES}")
+    model = models.get(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
+    image_shape = expected_image_shape(config.data)
+    if image_shape is not None:
+        check_model(model, image_shape, data.DATASETS[config.data.name].num_classes)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# State and steps
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def init_state(model, optimizer, image_shape, key) -> dict:
+    """Plain-pytree training state: step, params, model_state (batch statistics, constants), opt_state, and the
+    running sums (loss, accuracy, steps) of the current epoch."""
+    variables = dict(model.init(key, jnp.zeros((1, *image_shape), jnp.float32)))
+    params = variables.pop("params")
+    return {
+        "step": jnp.array(0, jnp.int32),
+        "params": params,
+        "model_state": variables,
+        "opt_state": optimizer.init(params),
+        "epoch_sums": jnp.zeros(3, jnp.float32),
+    }
+
+
+def make_train_step(model, optimizer, loss_name: str, augment):
+    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated."""
+    loss_fn, scores_fn = LOSSES[loss_name]
+
+    def train_step(state, images, labels, batch_index, key):
+        step_key = jax.random.fold_in(key, state["step"])
+        augment_key, dropout_key = jax.random.split(step_key)
+        x, y = augment(augment_key, images[batch_index]), labels[batch_index]
+
+        def loss_of(params):
+            outputs, updates = model.apply(
+                {"params": params, **state["model_state"]},
+                x,
+                train=True,
+                rngs={"dropout": dropout_key},
+                mutable=["batch_stats"],
+            )
+            return jnp.mean(loss_fn(outputs, y)), (outputs, updates)
+
+        (loss, (outputs, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        param_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], param_updates)
+        accuracy = jnp.mean((jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32))
+        new_state = {
+            "step": state["step"] + 1,
+            "params": params,
+            "model_state": {**state["model_state"], **updates},
+            "opt_state": opt_state,
+            "epoch_sums": state["epoch_sums"] + jnp.stack([loss, accuracy, jnp.ones((), jnp.float32)]),
+        }
+        step_metrics = {
+            "loss": loss,
+            "accuracy": accuracy,
+            "learning_rate": optim.current_learning_rate(state["opt_state"]),
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+        }
+        return new_state, step_metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model, loss_name: str):
+    """The jitted step returning the weighted sums (loss, correct, count) of one padded batch."""
+    loss_fn, scores_fn = LOSSES[loss_name]
+
+    @jax.jit
+    def eval_step(params, model_state, images, labels, batch_index, weights):
+        x, y = images[batch_index], labels[batch_index]
+        outputs = model.apply({"params": params, **model_state}, x, train=False)
+        correct = (jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32)
+        return jnp.stack([jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)])
+
+    return eval_step
+
+
+def evaluate(eval_step, state, images, labels, batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy) over every example of a split; the padded last batch is weighted out."""
+    index, weights = data.eval_batches(len(labels), batch_size)
+    totals = jnp.zeros(3, jnp.float32)
+    for batch_index, batch_weights in zip(index, weights):
+        totals = totals + eval_step(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
+    loss_sum, correct, count = (float(v) for v in np.asarray(totals, np.float64))
+    return loss_sum / count, correct / count
+
+
+def count_params(params) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _train_record(step, epoch, step_metrics, epoch_sums, images_per_sec) -> dict:
+    fetched = jax.device_get(step_metrics)
+    loss_sum, accuracy_sum, steps = (float(v) for v in np.asarray(epoch_sums, np.float64))
+    return {
+        "kind": "train",
+        "step": step,
+        "epoch": epoch + 1,
+        "loss": float(fetched["loss"]),
+        "epoch_loss": loss_sum / steps,
+        "epoch_accuracy": accuracy_sum / steps,
+        "learning_rate": float(fetched["learning_rate"]),
+        "grad_norm": float(fetched["grad_norm"]),
+        "param_norm": float(fetched["param_norm"]),
+        "images_per_sec": images_per_sec,
+    }
+
+
+def _epoch_line(record: dict, num_epochs: int) -> str:
+    line = (
+        f"epoch {record['epoch']:>3}/{num_epochs}  train loss {record['train_loss']:.4f} "
+        f"acc {100 * record['train_accuracy']:6.2f}%"
+    )
+    if "val_loss" in record:
+        line += f"  val loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:6.2f}%"
+    return line + f"  lr {record['learning_rate']:.2e}  {record['elapsed_s']:6.1f} s  {record['images_per_sec']:,.0f} img/s"
+
+
+def train_and_evaluate(config, workdir: str | Path) -> dict:
+    """Trains and evaluates the experiment ``config`` in ``workdir``; resumes if ``workdir`` holds checkpoints.
+
+    Returns the results dict also written to ``workdir/results.json``. Raises ``TrainingDiverged`` (after writing
+    ``status: diverged``) when the loss becomes non-finite.
+    """
+    started = time.time()
+    model = check_config(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results_path = workdir / "results.json"
+    if results_path.exists() and json.loads(results_path.read_text()).get("status") == "done":
+        metrics.log_line(f"{workdir} holds a finished run; its results stand (use a new --workdir to train again)")
+        return json.loads(results_path.read_text())
+    metrics.write_json(workdir / "config.json", config.to_dict())
+    metrics.write_json(results_path, {"status": "running"})
+    try:
+        return _train(config, model, workdir, started)
+    except TrainingDiverged:
+        raise
+    except BaseException as error:
+        metrics.write_json(results_path, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        raise
+
+
+def _train(config, model, workdir: Path, started: float) -> dict:
+    c = config.train
+    splits = data.load_splits(config.data)
+    train_images, train_labels = jax.device_put(splits.train)
+    val_images, val_labels = jax.device_put(splits.validation)
+    test_images, test_labels = jax.device_put(splits.test)
+    has_validation = len(splits.validation[1]) > 0
+    batch_size = config.data.batch_size
+    steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
+    optimizer = optim.make_optimizer(config.optim, steps_per_epoch, c.num_epochs)
+    init_key, train_key = jax.random.split(jax.random.key(c.seed))
+    state = init_state(model, optimizer, splits.image_shape, init_key)
+    checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)
+    meta = {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
+    if (latest := checkpoints.latest_step()) is not None:
+        state, meta = checkpoints.restore(latest, state)
+        metrics.log_line(f"resuming from the checkpoint at step {latest} in {workdir}")
+    writer = metrics.MetricsWriter(workdir, int(state["step"]))
+    augment = functools.partial(
+        data.augment,
+        crop_padding=config.data.random_crop_padding,
+        flip=config.data.random_flip,
+        translate=config.data.random_translate,
+    )
+    train_step = make_train_step(model, optimizer, c.loss, augment)
+    eval_step = make_eval_step(model, c.loss)
+    metrics.log_line(
+        f"{config.model.name} ({count_params(state['params']):,} params) on {config.data.name}: "
+        f"{len(splits.train[1]):,} train / {len(splits.validation[1]):,} validation / {len(splits.test[1]):,} test, "
+        f"{steps_per_epoch} steps per epoch; run directory {workdir}"
+    )
+    step, first_step_s, train_time = int(state["step"]), None, 0.0
+    for epoch in range(step // steps_per_epoch, c.num_epochs):
+        if meta["stopped_early"]:
+            break
+        offset = step - epoch * steps_per_epoch
+        if offset == 0:
+            state["epoch_sums"] = jnp.zeros(3, jnp.float32)
+        batches = data.train_batches(len(splits.train[1]), batch_size, seed=c.seed, epoch=epoch)
+        bar = metrics.progress_bar(steps_per_epoch, offset, f"epoch {epoch + 1}/{c.num_epochs}")
+        epoch_start = interval_start = time.time()
+        interval_steps = 0
+        for i in range(offset, steps_per_epoch):
+            state, step_metrics = train_step(state, train_images, train_labels, batches[i], train_key)
+            step += 1
+            interval_steps += 1
+            if first_step_s is None:
+                jax.block_until_ready(step_metrics)
+                first_step_s = time.time() - started
+            if step % c.log_every == 0 or i == steps_per_epoch - 1:
+                elapsed = time.time() - interval_start
+                record = _train_record(step, epoch, step_metrics, state["epoch_sums"], interval_steps * batch_size / elapsed)
+                if not all(math.isfinite(record[k]) for k in ("loss", "epoch_loss", "grad_norm")):
+                    bar.close()
+                    _diverged(workdir, step, record, checkpoints, writer)
+                writer.write(record)
+                bar.set_postfix(loss=f"{record['epoch_loss']:.4f}", acc=f"{100 * record['epoch_accuracy']:.2f}%")
+                interval_start, interval_steps = time.time(), 0
+            bar.update()
+            if c.checkpoint_every and step % c.checkpoint_every == 0 and i < steps_per_epoch - 1:
+                checkpoints.save(step, state, meta)
+        bar.close()
+        epoch_time = time.time() - epoch_start
+        train_time += epoch_time
+        loss_sum, accuracy_sum, steps = (float(v) for v in np.asarray(state["epoch_sums"], np.float64))
+        epoch_record = {
+            "kind": "epoch",
+            "step": step,
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / steps,
+            "train_accuracy": accuracy_sum / steps,
+            "learning_rate": record["learning_rate"],
+            "elapsed_s": epoch_time,
+            "images_per_sec": (steps_per_epoch - offset) * batch_size / epoch_time,
+        }
+        if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs):
+            epoch_record["val_loss"], epoch_record["val_accuracy"] = evaluate(
+                eval_step, state, val_images, val_labels, config.data.eval_batch_size
+            )
+            _early_stopping(meta, epoch_record, c.early_stopping_patience)
+            if meta["best_epoch"] == epoch + 1:
+                checkpoints.save_best(step, state, meta)
+        writer.write(epoch_record)
+        metrics.log_line(_epoch_line(epoch_record, c.num_epochs))
+        checkpoints.save(step, state, meta)
+    best = checkpoints.restore_best(state) if has_validation else None
+    final_state = best[0] if best is not None else state
+    test_loss, test_accuracy = evaluate(eval_step, final_state, test_images, test_labels, config.data.eval_batch_size)
+    writer.write({"kind": "test", "step": step, "test_loss": test_loss, "test_accuracy": test_accuracy})
+    writer.close()
+    checkpoints.close()
+    records = metrics.read_records(workdir / "metrics.jsonl")
+    plots.learning_curves(records, workdir / "learning_curves.png", title=f"{config.model.name} on {config.data.name}")
+    results = {
+        "status": "done",
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
+        "val_accuracy": meta["best_val_accuracy"] if has_validation else None,
+        "best_epoch": meta["best_epoch"] if has_validation else c.num_epochs,
+        "epochs": max(r["epoch"] for r in records if r["kind"] == "epoch"),
+        "stopped_early": meta["stopped_early"],
+        "steps": step,
+        "params": count_params(final_state["params"]),
+        "train_time_s": train_time,
+        "images_per_sec": sum(r["images_per_sec"] * r["elapsed_s"] for r in records if r["kind"] == "epoch")
+        / max(sum(r["elapsed_s"] for r in records if r["kind"] == "epoch"), 1e-9),
+        "time_to_first_step_s": first_step_s,
+        "wall_time_s": time.time() - started,
+    }
+    metrics.write_json(workdir / "results.json", results)
+    metrics.log_line(
+        f"test accuracy {100 * test_accuracy:.2f}% (best epoch {results['best_epoch']}), "
+        f"{results['wall_time_s']:.0f} s in all; results in {workdir / 'results.json'}"
+    )
+    return results
+
+
+def _early_stopping(meta: dict, epoch_record: dict, patience: int) -> None:
+    """Updates the best validation accuracy and the patience count in ``meta``."""
+    if epoch_record["val_accuracy"] > meta["best_val_accuracy"]:
+        meta.update(best_val_accuracy=epoch_record["val_accuracy"], best_epoch=epoch_record["epoch"])
+        meta["evals_without_improvement"] = 0
+    else:
+        meta["evals_without_improvement"] += 1
+        meta["stopped_early"] = bool(patience) and meta["evals_without_improvement"] >= patience
+
+
+def _diverged(workdir: Path, step: int, record: dict, checkpoints: Checkpoints, writer) -> None:
+    last = checkpoints.latest_step()
+    message = (
+        f"training diverged: the loss is {record['loss']} at step {step} (epoch {record['epoch']}, grad norm "
+        f"{record['grad_norm']}); the last good checkpoint is step {last} in {checkpoints.directory}. "
+        "Lower optim.learning_rate, add optim.clip_norm or warmup."
+    )
+    writer.write({**record, "kind": "diverged"})
+    writer.close()
+    checkpoints.close()
+    metrics.write_json(workdir / "results.json", {"status": "diverged", "step": step, "last_checkpoint": last,
+                                                   "error": message})  # fmt: skip
+    raise TrainingDiverged(message)

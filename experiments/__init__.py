@@ -1,0 +1,1 @@
+"""Experiments: one module per experiment, each with ``get_config()`` and a docstring giving the run command."""
