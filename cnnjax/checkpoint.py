@@ -32,7 +32,8 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True, create=True
         )
-        return ocp.CheckpointManager(path.absolute(), options=options, item_names=("state", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        return ocp.CheckpointManager(path.absolute(), options=options, item_handlers=handlers)
 
     @staticmethod
     def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:

@@ -62,10 +62,10 @@ def learning_rate_schedule(c, steps_per_epoch: int, num_epochs: int) -> optax.Sc
         "exponential": lambda: optax.exponential_decay(c.learning_rate, decay_steps, c.decay_rate),
         "cosine": lambda: optax.cosine_decay_schedule(c.learning_rate, after_warmup),
     }
-    main = schedules[c.schedule]()
+    schedule = schedules[c.schedule]()
     if warmup == 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), main], [warmup])
+        return schedule
+    return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), schedule], [warmup])
 
 
 def make_optimizer(c, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
@@ -88,5 +88,5 @@ def make_optimizer(c, steps_per_epoch: int, num_epochs: int) -> optax.GradientTr
 
 
 def current_learning_rate(opt_state):
-    """The learning rate the last update used (from ``inject_hyperparams``' state)."""
+    """The learning rate the last update used (``inject_hyperparams`` stores the value it computed for it)."""
     return opt_state.hyperparams["learning_rate"]

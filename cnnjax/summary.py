@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from cnnjax import functional as F
+from cnnjax import models
 from cnnjax import nn as cnn
 
 
@@ -120,9 +120,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> li
         return out
 
     with nn.intercept_methods(record):
-        variables = jax.eval_shape(
-            lambda x: model.init(jax.random.key(0), x, **call_kwargs), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-        )
+        variables = models.abstract_init(model, image_shape, **call_kwargs)
     rows, fields = [], [((1, *image_shape), (1, 1), (1, 1))]  # (output shape, receptive field, jump) per row
     for module, in_shape, out_shape in calls:
         connections, flops, window, stride = _COUNTS[type(module)](module, in_shape, out_shape)

@@ -51,8 +51,8 @@ def expected_image_shape(data_config) -> tuple[int, int, int] | None:
 
 def check_model(model, image_shape, num_classes: int | None) -> None:
     """Traces the model on ``image_shape`` without compiling: impossible shapes raise their ValueError here."""
-    out = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-    outputs = jax.eval_shape(lambda v, x: model.apply(v, x), out, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    variables = models.abstract_init(model, image_shape)
+    outputs = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     if num_classes is not None and outputs.shape[-1] != num_classes:
         raise ValueError(
             f"the model outputs {outputs.shape[-1]} classes but the dataset has {num_classes}; set "
@@ -127,9 +127,9 @@ def make_train_step(model, optimizer, loss_name: str, augment):
         step_metrics = {
             "loss": loss,
             "accuracy": accuracy,
-            "learning_rate": optim.current_learning_rate(state["opt_state"]),
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "learning_rate": optim.current_learning_rate(opt_state),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
         }
         return new_state, step_metrics
 

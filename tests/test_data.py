@@ -18,26 +18,14 @@ import tensorflow_datasets as tfds
 
 from cnnjax import data
 from cnnjax.data import augmentation, pipeline, sources, tfds_builders
+from tests import fakes
 
 RNG = np.random.default_rng(0)
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
-def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> None:
-    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(payload) if compress else payload)
-
-
 def make_idx_dataset(directory: Path, n_train: int = 50, n_test: int = 20) -> dict:
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = RNG.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        write_idx(directory / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels)
-        arrays[prefix] = (images, labels)
-    return arrays
+    return fakes.make_idx_dataset(directory, n_train, n_test)
 
 
 def _sorted_by_image(images, labels):

@@ -9,6 +9,8 @@ import dataclasses
 import difflib
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from cnnjax.models.cifar import CifarCNN
 from cnnjax.models.lenet import LeNet, LeNet5Classic
@@ -43,6 +45,16 @@ def _model_class(name: str) -> type[nn.Module]:
             f"unknown model {name!r}.{did_you_mean(name, MODELS)} Available models: {', '.join(sorted(MODELS))}"
         )
     return MODELS[name]
+
+
+def abstract_init(model: nn.Module, image_shape, **call_kwargs):
+    """Traces ``model.init`` on one (1, H, W, C) input without computing or compiling; returns the variables as
+    ShapeDtypeStructs. A model whose hyperparameters cannot work raises its ValueError here, without JAX's note."""
+    image = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    try:
+        return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **call_kwargs), image)
+    except ValueError as error:
+        raise ValueError(str(error).split("\n--------------------\n")[0]) from None
 
 
 def did_you_mean(value: str, options) -> str:

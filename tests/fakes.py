@@ -1,0 +1,47 @@
+"""Generated datasets in the original file formats, for offline tests."""
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def learnable_images(labels: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """uint8 images (N, *shape) whose class shows as a bright horizontal band at a class-specific height, plus noise."""
+    h = shape[0]
+    images = rng.integers(0, 80, (len(labels), *shape), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        top = int(label) * h // 10
+        images[i, top : top + max(h // 10, 1)] = 230
+    return images
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def make_idx_dataset(directory: Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> dict:
+    """Uncompressed MNIST-format IDX files; returns {'train'|'t10k': (images (N, 28, 28), labels)}."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = learnable_images(labels, (28, 28, 1), rng)[..., 0]
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+def make_cifar10_python(directory: Path, per_batch: int = 20, n_test: int = 20, seed: int = 0) -> None:
+    """An extracted CIFAR-10 python version (cifar-10-batches-py) with learnable images."""
+    rng = np.random.default_rng(seed)
+    out = directory / "cifar-10-batches-py"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        labels = rng.integers(0, 10, n)
+        images = learnable_images(labels, (32, 32, 3), rng)
+        batch = {b"data": images.transpose(0, 3, 1, 2).reshape(n, 3072), b"labels": labels.tolist()}
+        (out / name).write_bytes(pickle.dumps(batch))

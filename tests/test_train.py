@@ -1,0 +1,306 @@
+"""Training loop, optimizers, checkpoints, resume, divergence and the launcher, on small generated data."""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnnjax import checkpoint, metrics, optim, train
+from cnnjax.config import base_config
+from tests import fakes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def standard_dtype_promotion():
+    """Optax's internals mix Python floats with int32 step counts, which strict promotion rejects; cnnjax's own ops
+    are checked under strict promotion in the other test modules."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+def small_config(tmp_path: Path, experiment: str = "lenet", **train_overrides):
+    """An experiment's config pointed at generated data, small enough for seconds of training."""
+    config = importlib.import_module(f"experiments.{experiment}").get_config()
+    src = tmp_path / "src"
+    if config.data.name == "cifar10":
+        fakes.make_cifar10_python(src, per_batch=24, n_test=20)
+    else:
+        config.data.name = "mnist"
+        fakes.make_idx_dataset(src, n_train=120, n_test=30)
+    config.data.data_dir = str(src)
+    config.data.tfds_dir = str(tmp_path / "tfds")
+    config.data.batch_size = 16
+    config.data.eval_batch_size = 7  # partial evaluation batches
+    config.data.validation_fraction = 0.2
+    config.train.num_epochs = 3
+    config.train.log_every = 2
+    for key, value in train_overrides.items():
+        config.train[key] = value
+    return config
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in metrics.TIMING_KEYS} for r in records]
+
+
+def final_state(workdir: Path):
+    manager = checkpoint.Checkpoints(workdir / "checkpoints", 3)
+    step = manager.latest_step()
+    meta = manager.periodic.item_metadata(step)["state"].tree
+    restored = manager.periodic.restore(step)
+    manager.close()
+    return step, restored["state"], meta
+
+
+@pytest.mark.parametrize("experiment", ["lenet", "lenet5_classic", "cifar_cnn"])
+def test_smoke_run_of_each_experiment_learns(tmp_path, experiment):
+    config = small_config(tmp_path, experiment)
+    config.train.num_epochs = 4
+    if experiment == "cifar_cnn":
+        config.optim.learning_rate = 1e-3
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    records = metrics.read_records(tmp_path / "run" / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert results["status"] == "done" and len(epochs) == 4
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and results["params"] > 0
+    for name in ("config.json", "results.json", "learning_curves.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert any(p.name.startswith("events") for p in (tmp_path / "run" / "tensorboard").iterdir())
+    step_records = [r for r in records if r["kind"] == "train"]
+    assert {"loss", "learning_rate", "grad_norm", "param_norm", "images_per_sec"} <= set(step_records[0])
+
+
+def test_lenet_reaches_high_accuracy_on_learnable_data(tmp_path):
+    results = train.train_and_evaluate(small_config(tmp_path, num_epochs=6), tmp_path / "run")
+    assert results["test_accuracy"] >= 0.9
+
+
+def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch):
+    config = small_config(tmp_path, checkpoint_every=3)
+    train.train_and_evaluate(config, tmp_path / "whole")
+
+    real_make = train.make_train_step
+
+    def make_interrupting(*args, **kwargs):
+        step_fn, calls = real_make(*args, **kwargs), [0]
+
+        def interrupting(*a):
+            calls[0] += 1
+            if calls[0] == 11:  # between two checkpoints, in the second epoch
+                raise KeyboardInterrupt
+            return step_fn(*a)
+
+        return interrupting
+
+    monkeypatch.setattr(train, "make_train_step", make_interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, tmp_path / "resumed")
+    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(train, "make_train_step", real_make)
+    results = train.train_and_evaluate(config, tmp_path / "resumed")
+
+    whole = final_state(tmp_path / "whole")
+    resumed = final_state(tmp_path / "resumed")
+    assert whole[0] == resumed[0]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, whole[1], resumed[1])
+    assert comparable(metrics.read_records(tmp_path / "whole" / "metrics.jsonl")) == comparable(
+        metrics.read_records(tmp_path / "resumed" / "metrics.jsonl")
+    )
+    assert results["test_accuracy"] == json.loads((tmp_path / "whole" / "results.json").read_text())["test_accuracy"]
+    # a finished run is not trained again
+    assert train.train_and_evaluate(config, tmp_path / "resumed")["steps"] == results["steps"]
+
+
+def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
+    config = small_config(tmp_path, checkpoint_every=2, num_epochs=4)
+    config.data.batch_size = 8
+    train.train_and_evaluate(config, tmp_path / "whole")
+    overrides = [f"--config.{k}={v}" for k, v in (
+        ("data.name", "mnist"), ("data.data_dir", config.data.data_dir), ("data.tfds_dir", config.data.tfds_dir),
+        ("data.batch_size", 8), ("data.eval_batch_size", 7), ("data.validation_fraction", 0.2),
+        ("train.num_epochs", 4), ("train.log_every", 2), ("train.checkpoint_every", 2),
+    )]  # fmt: skip
+    command = [sys.executable, str(ROOT / "launch.py"), "--experiment=lenet", f"--workdir={tmp_path / 'killed'}"]
+    process = subprocess.Popen(command + overrides, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    periodic = tmp_path / "killed" / "checkpoints" / "periodic"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (periodic.exists() and len([p for p in periodic.iterdir() if p.name.isdigit()]) >= 3):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert json.loads((tmp_path / "killed" / "results.json").read_text())["status"] == "running"
+    finished = subprocess.run(command + overrides, cwd=ROOT, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming from the checkpoint" in finished.stderr + finished.stdout
+    whole, killed = final_state(tmp_path / "whole"), final_state(tmp_path / "killed")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, whole[1], killed[1])
+    assert comparable(metrics.read_records(tmp_path / "whole" / "metrics.jsonl")) == comparable(
+        metrics.read_records(tmp_path / "killed" / "metrics.jsonl")
+    )
+
+
+def test_divergence_stops_with_a_clear_message_and_status(tmp_path):
+    config = small_config(tmp_path)
+    config.optim.name = "sgd"
+    config.optim.learning_rate = 1e12
+    with pytest.raises(train.TrainingDiverged, match=r"training diverged: the loss is (nan|inf) at step \d+"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "diverged" and results["step"] <= config.train.log_every * 8
+
+
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("optim", "learning_rate", -0.1, r"config.optim.learning_rate=-0.1 is invalid: must be > 0"),
+        ("optim", "name", "adamax", r"config.optim.name='adamax' is invalid: choose one of sgd, momentum"),
+        ("optim", "schedule", "linear", r"config.optim.schedule='linear' is invalid"),
+        ("train", "loss", "hinge", r"config.train.loss='hinge' is invalid"),
+        ("data", "batch_size", 0, r"config.data.batch_size=0 is invalid"),
+        ("model", "kernel_size", 15, r"^Conv2D 'conv2': a 15x15 kernel .* 14x14 feature map.*larger input\.$"),
+        ("model", "num_classes", 7, r"outputs 7 classes but the dataset has 10; set --config.model.num_classes=10"),
+    ],
+)
+def test_bad_config_values_are_rejected_before_loading_data(tmp_path, section, key, value, message):
+    config = base_config()
+    config.data.name = "mnist"
+    config.data.data_dir = str(tmp_path / "does-not-exist")  # loading would fail with a DataError
+    config[section][key] = value
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Optimizers against Optax applied by hand
+# ----------------------------------------------------------------------------------------------------------------------
+
+PARAMS = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.1, -0.2])}
+GRADS = [{"kernel": jnp.array([[0.3, -0.1], [0.2, 0.4]]) * (i + 1), "bias": jnp.array([0.05, -0.5]) * (i + 1)} for i in range(4)]
+
+
+def run_optimizer(optimizer):
+    params, state = PARAMS, optimizer.init(PARAMS)
+    for grads in GRADS:
+        updates, state = optimizer.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def optim_config(**overrides):
+    c = base_config().optim
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+@pytest.mark.parametrize(
+    "overrides,reference",
+    [
+        (dict(name="sgd", learning_rate=0.1), optax.sgd(0.1)),
+        (dict(name="momentum", learning_rate=0.1, momentum=0.8), optax.sgd(0.1, momentum=0.8)),
+        (dict(name="nesterov", learning_rate=0.1, momentum=0.8), optax.sgd(0.1, momentum=0.8, nesterov=True)),
+        (dict(name="momentum", nesterov=True, learning_rate=0.1), optax.sgd(0.1, momentum=0.9, nesterov=True)),
+        (dict(name="adam", learning_rate=0.01), optax.adam(0.01)),
+        (dict(name="adamw", learning_rate=0.01, weight_decay=0.1),
+         optax.adamw(0.01, weight_decay=0.1, mask=optim.kernels_mask)),
+        (dict(name="rmsprop", learning_rate=0.01), optax.rmsprop(0.01, decay=0.9, eps=1e-8)),
+        (dict(name="sgd", learning_rate=0.1, l2=0.5),
+         optax.chain(optax.add_decayed_weights(0.5, optim.kernels_mask), optax.sgd(0.1))),
+        (dict(name="sgd", learning_rate=0.1, clip_norm=0.2),
+         optax.chain(optax.clip_by_global_norm(0.2), optax.sgd(0.1))),
+    ],
+)  # fmt: skip
+def test_optimizer_factory_matches_optax_by_hand(overrides, reference):
+    ours = run_optimizer(optim.make_optimizer(optim_config(**overrides), steps_per_epoch=10, num_epochs=1))
+    theirs = run_optimizer(reference)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
+
+
+def test_coupled_l2_equals_adding_the_penalty_to_the_loss():
+    c = optim_config(name="sgd", learning_rate=0.1, l2=0.5)
+    updates, _ = optim.make_optimizer(c, 10, 1).update(GRADS[0], optim.make_optimizer(c, 10, 1).init(PARAMS), PARAMS)
+    penalty_grads = jax.grad(lambda p: 0.5 * 0.5 * jnp.sum(jnp.square(p["kernel"])))(PARAMS)
+    expected = jax.tree_util.tree_map(lambda g, h: -0.1 * (g + h), GRADS[0], penalty_grads)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, expected)
+
+
+def test_schedules_with_warmup():
+    def lr(**overrides):
+        return optim.learning_rate_schedule(optim_config(learning_rate=1.0, **overrides), steps_per_epoch=10, num_epochs=10)
+
+    assert float(lr()(57)) == 1.0
+    warm = lr(warmup_epochs=1.0)
+    assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.5) and float(warm(10)) == pytest.approx(1.0)
+    step = lr(schedule="step", decay_epochs=3.0, decay_rate=0.1)
+    assert float(step(29)) == pytest.approx(1.0) and float(step(30)) == pytest.approx(0.1)
+    assert float(lr(schedule="exponential", decay_epochs=1.0, decay_rate=0.5)(15)) == pytest.approx(0.5**1.5)
+    cosine = lr(schedule="cosine", warmup_epochs=2.0)
+    assert float(cosine(20)) == pytest.approx(1.0) and float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_learning_rate_lives_in_the_optimizer_state():
+    optimizer = optim.make_optimizer(optim_config(learning_rate=0.25, schedule="cosine"), 10, 1)
+    state = optimizer.init(PARAMS)
+    _, state = optimizer.update(GRADS[0], state, PARAMS)
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.25)  # the rate step 0 used
+    _, state = optimizer.update(GRADS[1], state, PARAMS)
+    assert float(optim.current_learning_rate(state)) == pytest.approx(0.25 * 0.5 * (1 + np.cos(np.pi / 10)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_and_architecture_mismatch(tmp_path):
+    state = {"step": jnp.array(7, jnp.int32), "params": {"conv1": {"kernel": jnp.arange(6.0).reshape(1, 1, 2, 3)}},
+             "opt_state": (jnp.ones(2),)}  # fmt: skip
+    manager = checkpoint.Checkpoints(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        manager.save(step, state, {"best": step})
+    assert manager.periodic.all_steps() == [2, 3]  # keeps the last K
+    restored, meta = manager.restore(3, state)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)
+    assert meta == {"best": 3}
+    other = {**state, "params": {"conv1": {"kernel": jnp.zeros((1, 1, 2, 4))}}}
+    with pytest.raises(ValueError, match=r"different architecture .*conv1.*kernel.*checkpoint \(1, 1, 2, 3\) vs model "
+                                         r"\(1, 1, 2, 4\).*new --workdir"):  # fmt: skip
+        manager.restore(3, other)
+    manager.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Launcher
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def launch(*args):
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_launcher_overrides_summary_and_errors():
+    result = launch("--experiment=lenet", "--summary", "--config.model.filters=(8, 32)", "--config.model.kernel_size=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "conv2   Conv2D     12x12x32" in result.stdout
+    result = launch("--experiment=lenet5_classic", "--summary")
+    assert "60,840 parameters: 60,000 trainable, 840 fixed" in result.stdout
+    result = launch("--experiment=lenet", "--config.optim.lr=0.1")
+    assert result.returncode != 0 and "unknown config key 'optim.lr'; closest keys: optim.learning_rate" in result.stderr
+    result = launch("--experiment=lenett")
+    assert result.returncode != 0 and "unknown experiment 'lenett'; available: cifar_cnn, lenet, lenet5_classic" in result.stderr
+    result = launch("--experiment=lenet", "--config.optim.learning_rate=fast", "--summary")
+    assert result.returncode != 0 and "learning_rate" in result.stderr
