@@ -125,13 +125,13 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch):
 
 
 def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
-    config = small_config(tmp_path, checkpoint_every=2, num_epochs=4)
+    config = small_config(tmp_path, checkpoint_every=2, num_epochs=8)
     config.data.batch_size = 8
     train.train_and_evaluate(config, tmp_path / "whole")
     overrides = [f"--config.{k}={v}" for k, v in (
         ("data.name", "mnist"), ("data.data_dir", config.data.data_dir), ("data.tfds_dir", config.data.tfds_dir),
         ("data.batch_size", 8), ("data.eval_batch_size", 7), ("data.validation_fraction", 0.2),
-        ("train.num_epochs", 4), ("train.log_every", 2), ("train.checkpoint_every", 2),
+        ("train.num_epochs", 8), ("train.log_every", 2), ("train.checkpoint_every", 2),
     )]  # fmt: skip
     command = [sys.executable, str(ROOT / "launch.py"), "--experiment=lenet", f"--workdir={tmp_path / 'killed'}"]
     process = subprocess.Popen(command + overrides, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
