@@ -186,6 +186,20 @@ def pool_output_shape(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+CONV_LOWERINGS = ("xla", "patches")
+
+
+def default_conv_lowering(kernel_shape: Sequence[int]) -> str:
+    """The faster lowering for an HWIO kernel on this backend (bench/conv_lowering.py measures them).
+
+    On the CPU XLA's convolution is weakest for large kernels over few input channels (LeNet's 5x5 convs: 'patches'
+    runs their forward and backward 1.5-1.9x faster); with more channels, or on GPU and TPU, ``lax.conv`` wins.
+    """
+    kh, kw, group_in, _ = kernel_shape
+    few_channels_big_kernel = group_in <= 8 and kh * kw >= 16
+    return "patches" if jax.default_backend() == "cpu" and few_channels_big_kernel else "xla"
+
+
 def conv2d(
     x: Array,
     kernel: Array,
@@ -195,6 +209,7 @@ def conv2d(
     padding: Padding = "VALID",
     dilation: IntOrPair = 1,
     groups: int = 1,
+    lowering: str | None = None,
 ) -> Array:
     """2-D convolution of an NHWC batch.
 
@@ -206,20 +221,56 @@ def conv2d(
     k[u, v]``: the kernel is not flipped. A true (mathematical) convolution is the same operation with the kernel
     rotated by 180 degrees, ``conv2d(x, kernel[::-1, ::-1])``; since kernels are learned the distinction only
     matters when loading filters defined as convolutions.
+
+    ``lowering`` picks the implementation (same results to float rounding): 'xla' calls
+    ``lax.conv_general_dilated``; 'patches' gathers the kh * kw shifted (strided, dilated) views of the padded input
+    into patches (N, H_out, W_out, kh * kw * C) and multiplies them with the kernel as a matrix, so that the forward
+    pass and both gradients are matrix products. None picks per kernel shape with :func:`default_conv_lowering`.
     """
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = explicit_padding(x.shape[1:3], kernel.shape[:2], stride, dilation, padding)
-    y = lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=stride,
-        padding=pads,
-        rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
+    lowering = lowering or default_conv_lowering(kernel.shape)
+    if lowering == "xla":
+        y = lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=stride,
+            padding=pads,
+            rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=groups,
+        )
+    elif lowering == "patches":
+        y = _conv_patches(x, kernel, stride, dilation, pads, groups)
+    else:
+        raise ValueError(f"conv2d: lowering must be one of {CONV_LOWERINGS} or None, got {lowering!r}")
     return y if bias is None else y + per_channel(bias, y.ndim)
+
+
+def _conv_patches(x: Array, kernel: Array, stride, dilation, pads, groups: int) -> Array:
+    """conv2d as patches @ kernel: x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
+    kh, kw, group_in, out_channels = kernel.shape
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    n, h, w, channels = x.shape
+    out_h = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    views = [
+        lax.slice(
+            x,
+            (0, i * dilation[0], j * dilation[1], 0),
+            (n, i * dilation[0] + (out_h - 1) * stride[0] + 1, j * dilation[1] + (out_w - 1) * stride[1] + 1, channels),
+            (1, stride[0], stride[1], 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    if groups == 1:
+        patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)  # (N, Ho, Wo, kh * kw * C)
+        return patches @ kernel.reshape(kh * kw * channels, out_channels)
+    patches = jnp.stack(views, axis=3).reshape(n, out_h, out_w, kh * kw, groups, group_in)
+    grouped_kernel = kernel.reshape(kh * kw, group_in, groups, out_channels // groups)
+    return jnp.einsum("nhwkgc,kcgo->nhwgo", patches, grouped_kernel).reshape(n, out_h, out_w, out_channels)
 
 
 def _pool_geometry(x: Array, window: IntOrPair, stride, padding, layer: str):
@@ -235,9 +286,27 @@ def _window_reduce(x: Array, init: float, op, window, stride, pads) -> Array:
     return lax.reduce_window(x, init, op, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
 
 
+def _tiles(x: Array, window, stride, pads) -> Array | None:
+    """For non-overlapping, unpadded windows (stride == window), x cropped and reshaped to
+    (N, H // wh, wh, W // ww, ww, C), whose reductions over axes (2, 4) are the pools with cheap gradients; else None.
+    """
+    if tuple(stride) != tuple(window) or any(p for pair in pads for p in pair):
+        return None
+    n, h, w, c = x.shape
+    (wh, ww), out_h, out_w = window, h // window[0], w // window[1]
+    return x[:, : out_h * wh, : out_w * ww].reshape(n, out_h, wh, out_w, ww, c)
+
+
 def max_pool(x: Array, window: IntOrPair, *, stride: IntOrPair | None = None, padding: Padding = "VALID") -> Array:
-    """Max pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window; padding never wins."""
+    """Max pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window; padding never wins.
+
+    Non-overlapping windows reduce a reshaped view (its gradient is a mask, several times faster on the CPU than
+    ``reduce_window``'s); other geometries use ``lax.reduce_window``.
+    """
     window, stride, pads = _pool_geometry(x, window, stride, padding, "max_pool")
+    tiles = _tiles(x, window, stride, pads)
+    if tiles is not None:
+        return jnp.max(tiles, axis=(2, 4))
     return _window_reduce(x, -math.inf, lax.max, window, stride, pads)
 
 
@@ -255,6 +324,9 @@ def avg_pool(
     default); otherwise by the number of real input pixels it covers (TensorFlow's 'SAME' behaviour).
     """
     window, stride, pads = _pool_geometry(x, window, stride, padding, "avg_pool")
+    tiles = _tiles(x, window, stride, pads)
+    if tiles is not None:
+        return jnp.mean(tiles, axis=(2, 4))
     sums = _window_reduce(x, 0.0, lax.add, window, stride, pads)
     if count_include_pad:
         return sums / jnp.array(window[0] * window[1], x.dtype)

@@ -177,6 +177,7 @@ def _train_record(step, epoch, step_metrics, epoch_sums, images_per_sec) -> dict
         "step": step,
         "epoch": epoch + 1,
         "loss": float(fetched["loss"]),
+        "accuracy": float(fetched["accuracy"]),
         "epoch_loss": loss_sum / steps,
         "epoch_accuracy": accuracy_sum / steps,
         "learning_rate": float(fetched["learning_rate"]),

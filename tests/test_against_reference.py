@@ -24,18 +24,21 @@ def _conv_loss_grads(x, w, b, dz, **kwargs):
     return jax.grad(loss, argnums=(0, 1, 2))(x, w, b)
 
 
+@pytest.mark.parametrize("lowering", F.CONV_LOWERINGS)
 @pytest.mark.parametrize("m,h,w,c,o,f,stride,pad", CONV_CASES)
-def test_conv_forward_and_gradients_match_reference(x64, rng, m, h, w, c, o, f, stride, pad):
+def test_conv_forward_and_gradients_match_reference(x64, rng, m, h, w, c, o, f, stride, pad, lowering):
     x = rng.standard_normal((m, h, w, c))
     kernel = rng.standard_normal((f, f, c, o))
     b = rng.standard_normal((1, 1, 1, o))
     z, cache = ref.conv_forward(x, kernel, b, stride, pad)
-    out = F.conv2d(jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(b[0, 0, 0]), stride=stride, padding=pad)
+    out = F.conv2d(
+        jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(b[0, 0, 0]), stride=stride, padding=pad, lowering=lowering
+    )
     np.testing.assert_allclose(out, z, rtol=1e-12, atol=1e-12)
 
     dz = rng.standard_normal(z.shape)
     dx_ref, dw_ref, db_ref = ref.conv_backward(dz, cache)
-    dx, dw, db = _conv_loss_grads(x, kernel, b[0, 0, 0], dz, stride=stride, padding=pad)
+    dx, dw, db = _conv_loss_grads(x, kernel, b[0, 0, 0], dz, stride=stride, padding=pad, lowering=lowering)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(db, db_ref[0, 0, 0], rtol=1e-12, atol=1e-12)
@@ -49,23 +52,25 @@ def _dilate_kernel(kernel, dilation):
     return out
 
 
-def test_dilated_conv_and_gradient_match_reference_on_dilated_kernel(x64, rng):
+@pytest.mark.parametrize("lowering", F.CONV_LOWERINGS)
+def test_dilated_conv_and_gradient_match_reference_on_dilated_kernel(x64, rng, lowering):
     x, kernel, dilation = rng.standard_normal((2, 9, 9, 2)), rng.standard_normal((3, 3, 2, 3)), 2
     z, cache = ref.conv_forward(x, _dilate_kernel(kernel, dilation), np.zeros((1, 1, 1, 3)), 1, 1)
-    np.testing.assert_allclose(F.conv2d(x, kernel, padding=1, dilation=dilation), z, rtol=1e-12)
+    np.testing.assert_allclose(F.conv2d(x, kernel, padding=1, dilation=dilation, lowering=lowering), z, rtol=1e-12)
     dz = rng.standard_normal(z.shape)
     dx_ref, dw_ref, _ = ref.conv_backward(dz, cache)
-    dx, dw, _ = _conv_loss_grads(x, kernel, np.zeros(3), dz, padding=1, dilation=dilation)
+    dx, dw, _ = _conv_loss_grads(x, kernel, np.zeros(3), dz, padding=1, dilation=dilation, lowering=lowering)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12)
     np.testing.assert_allclose(dw, dw_ref[::dilation, ::dilation], rtol=1e-12)
 
 
-def test_grouped_conv_matches_reference_per_group(x64, rng):
+@pytest.mark.parametrize("lowering", F.CONV_LOWERINGS)
+def test_grouped_conv_matches_reference_per_group(x64, rng, lowering):
     groups, x = 3, rng.standard_normal((2, 6, 6, 6))
     kernel, b = rng.standard_normal((3, 3, 2, 9)), rng.standard_normal(9)
-    out = F.conv2d(x, kernel, b, stride=2, padding=1, groups=groups)
+    out = F.conv2d(x, kernel, b, stride=2, padding=1, groups=groups, lowering=lowering)
     dz = rng.standard_normal(out.shape)
-    dx, dw, db = _conv_loss_grads(x, kernel, b, dz, stride=2, padding=1, groups=groups)
+    dx, dw, db = _conv_loss_grads(x, kernel, b, dz, stride=2, padding=1, groups=groups, lowering=lowering)
     for g in range(groups):
         cin, cout = slice(2 * g, 2 * g + 2), slice(3 * g, 3 * g + 3)
         z, cache = ref.conv_forward(x[..., cin], kernel[..., cout], b[cout].reshape(1, 1, 1, 3), 2, 1)
@@ -76,11 +81,12 @@ def test_grouped_conv_matches_reference_per_group(x64, rng):
         np.testing.assert_allclose(db[cout], db_ref.ravel(), rtol=1e-12)
 
 
-def test_asymmetric_explicit_padding_matches_reference_on_padded_input(x64, rng):
+@pytest.mark.parametrize("lowering", F.CONV_LOWERINGS)
+def test_asymmetric_explicit_padding_matches_reference_on_padded_input(x64, rng, lowering):
     x, kernel = rng.standard_normal((1, 5, 6, 2)), rng.standard_normal((2, 3, 2, 2))
     padded = np.pad(x, ((0, 0), (1, 0), (0, 2), (0, 0)))
     z, _ = ref.conv_forward(padded, kernel, np.zeros((1, 1, 1, 2)), 1, 0)
-    np.testing.assert_allclose(F.conv2d(x, kernel, padding=((1, 0), (0, 2))), z, rtol=1e-12)
+    np.testing.assert_allclose(F.conv2d(x, kernel, padding=((1, 0), (0, 2)), lowering=lowering), z, rtol=1e-12)
 
 
 def test_same_padding_keeps_size_and_matches_reference(x64, rng):
@@ -90,12 +96,13 @@ def test_same_padding_keeps_size_and_matches_reference(x64, rng):
 
 
 # (batch, height, width, channels, window, stride)
-POOL_CASES = [(2, 4, 4, 1, 2, 2), (2, 7, 6, 3, 3, 2), (1, 8, 9, 2, 2, 1), (3, 9, 9, 2, 3, 3)]
+POOL_CASES = [(2, 4, 4, 1, 2, 2), (2, 7, 6, 3, 3, 2), (1, 8, 9, 2, 2, 1), (3, 9, 9, 2, 3, 3), (2, 7, 9, 2, 2, 2)]
 
 
 @pytest.mark.parametrize("m,h,w,c,f,stride", POOL_CASES)
 @pytest.mark.parametrize("mode", ["max", "average"])
 def test_pool_forward_and_gradient_match_reference(x64, rng, m, h, w, c, f, stride, mode):
+    """Covers both pool implementations: stride == window reduces a reshaped view, other cases lax.reduce_window."""
     x = rng.standard_normal((m, h, w, c))
     a, cache = ref.pool_forward(x, f, stride, mode)
     pool = F.max_pool if mode == "max" else F.avg_pool

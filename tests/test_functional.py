@@ -287,11 +287,17 @@ def test_pool_that_empties_the_map_is_an_error():
         (dict(padding=-1), "non-negative"),
         (dict(stride=0), "stride must be an int >= 1"),
         (dict(groups=2), "groups=2 must be a positive int dividing"),
+        (dict(lowering="winograd"), "lowering must be one of"),
     ],
 )
 def test_bad_hyperparameters_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         F.conv2d(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 3, 4)), **kwargs)
+
+
+def test_default_lowering_uses_patches_for_large_kernels_over_few_channels_on_cpu():
+    assert F.default_conv_lowering((5, 5, 1, 6)) == "patches" and F.default_conv_lowering((5, 5, 6, 16)) == "patches"
+    assert F.default_conv_lowering((3, 3, 32, 64)) == "xla" and F.default_conv_lowering((3, 3, 1, 32)) == "xla"
 
 
 def test_wrong_rank_and_dense_shape_errors():

@@ -80,7 +80,7 @@ def test_smoke_run_of_each_experiment_learns(tmp_path, experiment):
         assert (tmp_path / "run" / name).stat().st_size > 0
     assert any(p.name.startswith("events") for p in (tmp_path / "run" / "tensorboard").iterdir())
     step_records = [r for r in records if r["kind"] == "train"]
-    assert {"loss", "learning_rate", "grad_norm", "param_norm", "images_per_sec"} <= set(step_records[0])
+    assert {"loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "images_per_sec"} <= set(step_records[0])
 
 
 def test_lenet_reaches_high_accuracy_on_learnable_data(tmp_path):
@@ -160,6 +160,15 @@ def test_divergence_stops_with_a_clear_message_and_status(tmp_path):
         train.train_and_evaluate(config, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "diverged" and results["step"] <= config.train.log_every * 8
+
+
+def test_early_stopping_keeps_the_best_checkpoint_for_the_test(tmp_path):
+    config = small_config(tmp_path, num_epochs=6, early_stopping_patience=2)
+    config.optim.learning_rate = 1e-12  # validation accuracy cannot improve after the first evaluation
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["stopped_early"] and results["epochs"] == 3 and results["best_epoch"] == 1
+    epochs = [r for r in metrics.read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert results["val_accuracy"] == epochs[0]["val_accuracy"]
 
 
 @pytest.mark.parametrize(

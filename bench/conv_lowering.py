@@ -1,0 +1,79 @@
+"""Per-layer forward+backward time of each conv2d lowering and pool implementation on this backend.
+
+    .venv/bin/python bench/conv_lowering.py [--rounds=7]
+
+The layers of the benchmarked models at batch 128 (modern LeNet, the Flax MNIST CNN, cifar_cnn, ResNet-20's 3x3
+convs). Rounds are interleaved (A, B, A, B, ...) and medians printed with the ratio xla / patches (> 1: patches wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from cnnjax import functional as F
+
+BATCH = 128
+# name -> (input (H, W, C), kernel (kh, kw, in, out), padding, stride)
+CONVS = {
+    "lenet conv1 5x5 1->6 SAME": ((28, 28, 1), (5, 5, 1, 6), "SAME", 1),
+    "lenet conv2 5x5 6->16": ((14, 14, 6), (5, 5, 6, 16), "VALID", 1),
+    "mnist cnn conv1 3x3 1->32": ((28, 28, 1), (3, 3, 1, 32), "SAME", 1),
+    "mnist cnn conv2 3x3 32->64": ((14, 14, 32), (3, 3, 32, 64), "SAME", 1),
+    "cifar_cnn conv2 5x5 64->64": ((16, 16, 64), (5, 5, 64, 64), "SAME", 1),
+    "resnet20 3x3 16->16": ((32, 32, 16), (3, 3, 16, 16), "SAME", 1),
+    "resnet20 3x3 32->32 stride 2": ((32, 32, 16), (3, 3, 16, 32), "SAME", 2),
+    "resnet20 3x3 64->64": ((8, 8, 64), (3, 3, 64, 64), "SAME", 1),
+}
+
+
+def fwd_bwd(op):
+    """jit(grad) of sum(op(x, w) ** 2) w.r.t. both arguments."""
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(op(x, w) ** 2), argnums=(0, 1)))
+
+
+def median_times(candidates: dict, args, rounds: int) -> dict:
+    for fn in candidates.values():
+        jax.block_until_ready(fn(*args))
+    times = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    key = jax.random.key(0)
+    print(f"backend {jax.default_backend()}, batch {BATCH}, fwd+bwd, median ms of {args.rounds} interleaved rounds")
+    for name, (shape, kernel_shape, padding, stride) in CONVS.items():
+        x = jax.random.normal(key, (BATCH, *shape))
+        w = jax.random.normal(key, kernel_shape)
+        t = median_times(
+            {
+                lowering: fwd_bwd(lambda x, w, l=lowering: F.conv2d(x, w, padding=padding, stride=stride, lowering=l))
+                for lowering in F.CONV_LOWERINGS
+            },
+            (x, w),
+            args.rounds,
+        )
+        print(f"{name:>32}: xla {1e3 * t['xla']:7.2f}  patches {1e3 * t['patches']:7.2f}  ratio {t['xla'] / t['patches']:.2f}x")
+    for shape in ((28, 28, 6), (28, 28, 32), (16, 16, 64)):
+        x = jax.random.normal(key, (BATCH, *shape))
+        window = jax.jit(jax.grad(lambda x: jnp.sum(F._window_reduce(x, -jnp.inf, jax.lax.max, (2, 2), (2, 2), ((0, 0), (0, 0))) ** 2)))
+        tiles = jax.jit(jax.grad(lambda x: jnp.sum(F.max_pool(x, 2) ** 2)))
+        t = median_times({"reduce_window": window, "tiles": tiles}, (x,), args.rounds)
+        print(f"{'max_pool 2x2 on ' + 'x'.join(map(str, shape)):>32}: reduce_window {1e3 * t['reduce_window']:7.2f}  "
+              f"tiles {1e3 * t['tiles']:7.2f}  ratio {t['reduce_window'] / t['tiles']:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

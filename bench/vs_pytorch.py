@@ -1,0 +1,176 @@
+"""Training throughput of cnnjax against PyTorch eager on this machine, measured side by side.
+
+    .venv/bin/pip install torch==2.13.0   # the CPU wheel on this machine's disk
+    .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=30] [--models=lenet,mnist_cnn,cifar_cnn,resnet20]
+
+For each model the same architecture, batch (128), optimizer (Adam 1e-3) and data shape are trained in rounds that
+alternate cnnjax (its real jitted train step: device-resident data, donated state) and PyTorch eager; the medians of
+images/s, the ratio cnnjax / PyTorch, cnnjax's GFLOP/s (3x the forward FLOPs of cnnjax.summary per image) and its
+fraction of the float32 matmul peak measured in the same run are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from torch import nn as tnn
+
+from cnnjax import models, optim, summary, train
+from cnnjax.config import base_config
+
+BATCH = 128
+
+
+def torch_lenet():
+    return tnn.Sequential(
+        tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10),
+    )  # fmt: skip
+
+
+def torch_mnist_cnn():
+    return tnn.Sequential(
+        tnn.Conv2d(1, 32, 3, padding=1), tnn.ReLU(), tnn.AvgPool2d(2), tnn.Conv2d(32, 64, 3, padding=1), tnn.ReLU(),
+        tnn.AvgPool2d(2), tnn.Flatten(), tnn.Linear(3136, 256), tnn.ReLU(), tnn.Linear(256, 10),
+    )  # fmt: skip
+
+
+def torch_cifar_cnn():
+    lrn = lambda: tnn.LocalResponseNorm(9, alpha=9 * 0.001 / 9.0, beta=0.75, k=1.0)  # noqa: E731 - TF semantics
+    return tnn.Sequential(
+        tnn.Conv2d(3, 64, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(3, 2, padding=1), lrn(),
+        tnn.Conv2d(64, 64, 5, padding=2), tnn.ReLU(), lrn(), tnn.MaxPool2d(2), tnn.Flatten(),
+        tnn.Linear(4096, 256), tnn.ReLU(), tnn.Linear(256, 10),
+    )  # fmt: skip
+
+
+class TorchBasicBlock(tnn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1, self.bn1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False), tnn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False), tnn.BatchNorm2d(cout)
+        self.shortcut = tnn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+def torch_resnet20():
+    layers, cin = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()], 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for block in range(3):
+            layers.append(TorchBasicBlock(cin, cout, stride if block == 0 else 1))
+            cin = cout
+    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
+
+
+# name -> (cnnjax model, image shape (H, W, C), PyTorch model)
+MODELS = {
+    "lenet": (lambda: models.get("lenet"), (28, 28, 1), torch_lenet),
+    "mnist_cnn": (
+        lambda: models.get("lenet", filters=(32, 64), kernel_size=3, padding="SAME", pool="avg", hidden=(256,)),
+        (28, 28, 1),
+        torch_mnist_cnn,
+    ),
+    "cifar_cnn": (lambda: models.get("cifar_cnn"), (32, 32, 3), torch_cifar_cnn),
+    "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3), torch_resnet20),
+}
+
+
+def matmul_peak_gflops(rounds: int = 5) -> float:
+    a = jnp.ones((2048, 2048), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        times.append(time.perf_counter() - start)
+    return 2 * 2048**3 / min(times) / 1e9
+
+
+def cnnjax_runner(name: str, steps: int):
+    make_model, shape, _ = MODELS[name]
+    model = make_model()
+    optimizer = optim.make_optimizer(base_config().optim, steps, 1)
+    step = train.make_train_step(model, optimizer, "cross_entropy", lambda key, x: x)
+    rng = np.random.default_rng(0)
+    images = jax.device_put(rng.standard_normal((steps * BATCH, *shape)).astype(np.float32))
+    labels = jax.device_put(rng.integers(0, 10, steps * BATCH).astype(np.int32))
+    batches = jnp.arange(steps * BATCH, dtype=jnp.int32).reshape(steps, BATCH)
+    key = jax.random.key(0)
+    state = train.init_state(model, optimizer, shape, key)
+    compile_start = time.perf_counter()
+    jax.block_until_ready(step.lower(state, images, labels, batches[0], key).compile())
+    compile_s = time.perf_counter() - compile_start
+    holder = {"state": state}
+
+    def run():
+        state = holder["state"]
+        for index in batches:
+            state, metrics = step(state, images, labels, index, key)
+        jax.block_until_ready(metrics)
+        holder["state"] = state
+
+    flops = 3 * sum(r["flops"] for r in summary.summarize(model, shape))
+    return run, flops, compile_s
+
+
+def torch_runner(name: str, steps: int):
+    _, (h, w, c), make_model = MODELS[name]
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(steps, BATCH, c, h, w, generator=generator)
+    labels = torch.randint(0, 10, (steps, BATCH), generator=generator)
+    loss_fn = tnn.CrossEntropyLoss()
+
+    def run():
+        for x, y in zip(images, labels):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--models", default=",".join(MODELS))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    peak = matmul_peak_gflops()
+    print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}; batch {BATCH}, {args.steps} "
+          f"steps per round, medians of {args.rounds} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
+    for name in args.models.split(","):
+        ours, flops, compile_s = cnnjax_runner(name, args.steps)
+        theirs = torch_runner(name, args.steps)
+        ours()
+        theirs()  # warm-up
+        rates = {"cnnjax": [], "torch": []}
+        for _ in range(args.rounds):
+            for label, run in (("cnnjax", ours), ("torch", theirs)):
+                start = time.perf_counter()
+                run()
+                rates[label].append(args.steps * BATCH / (time.perf_counter() - start))
+        cnnjax_rate, torch_rate = statistics.median(rates["cnnjax"]), statistics.median(rates["torch"])
+        gflops = cnnjax_rate * flops / 1e9
+        print(f"{name:>10}: cnnjax {cnnjax_rate:8,.0f} img/s  torch eager {torch_rate:8,.0f} img/s  "
+              f"ratio {cnnjax_rate / torch_rate:.2f}x  cnnjax {gflops:5.1f} GFLOP/s = {100 * gflops / peak:4.1f}% of peak  "
+              f"(train step compile {compile_s:.1f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
