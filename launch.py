@@ -21,6 +21,9 @@ EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 flags.DEFINE_string("experiment", None, "the experiment to run: experiments/<NAME>.py")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
+flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0 (jax.distributed)")
+flags.DEFINE_integer("num_processes", 1, "multi-process runs: how many processes take part")
+flags.DEFINE_integer("process_id", 0, "multi-process runs: this process's index, 0 .. num_processes - 1")
 FLAGS = flags.FLAGS
 
 
@@ -66,6 +69,10 @@ def main(argv):
     tfds.disable_progress_bar()
 
     config = FLAGS.config
+    if FLAGS.coordinator_address:
+        from cnnjax import parallel
+
+        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if FLAGS.summary:
         shape = train.expected_image_shape(config.data)
         if shape is None:

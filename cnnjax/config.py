@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
             "keep_checkpoints": 3,
             "early_stopping_patience": 0,  # evaluations without a better validation accuracy (0: never stop)
             "log_every": 50,  # steps between metric records
+            "num_devices": 1,  # data parallelism over this many devices (0: all devices of all processes)
+            "compute_dtype": "float32",  # float32 | bfloat16 (mixed precision: float32 parameters and optimizer)
         }
     )
     return config

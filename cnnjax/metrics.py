@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import jax
 from tqdm.auto import tqdm
 
 TIMING_KEYS = ("images_per_sec", "elapsed_s")
@@ -68,11 +69,24 @@ class MetricsWriter:
         self.tensorboard.close()
 
 
-def progress_bar(total: int, initial: int, description: str) -> tqdm:
+class NullWriter:
+    """The writer of processes other than the chief in a multi-process run: records are written once, by process 0."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, initial: int, description: str, enabled: bool = True) -> tqdm:
     """A progress bar over the steps of one epoch; it disappears when the epoch ends."""
-    return tqdm(total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True, unit="step")
+    return tqdm(
+        total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True, unit="step", disable=not enabled
+    )
 
 
 def log_line(text: str) -> None:
-    """Prints a line without breaking an active progress bar."""
-    tqdm.write(text)
+    """Prints a line (from process 0 only) without breaking an active progress bar."""
+    if jax.process_index() == 0:
+        tqdm.write(text)

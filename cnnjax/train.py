@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from cnnjax import config as config_lib
-from cnnjax import data, metrics, models, optim, plots
+from cnnjax import data, metrics, models, optim, parallel, plots
 from cnnjax import functional as F
 from cnnjax.checkpoint import Checkpoints
 from cnnjax.data.pipeline import BALANCE_MODES
@@ -34,6 +34,9 @@ LOSSES = {
     "mse": (F.mean_squared_error, lambda outputs: outputs),
     "rbf": (F.rbf_loss, lambda penalties: -penalties),  # LeNet-5: the smallest penalty wins
 }
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,6 +71,17 @@ def check_config(config):
         raise ValueError(f"config.train.loss={config.train.loss!r} is invalid: choose one of {', '.join(LOSSES)}")
     if config.data.balance not in BALANCE_MODES:
         raise ValueError(f"config.data.balance={config.data.balance!r} is invalid: choose one of {BALANCE_MODES}")
+    if config.train.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"config.train.compute_dtype={config.train.compute_dtype!r} is invalid: choose one of {COMPUTE_DTYPES}"
+        )
+    devices = parallel.num_devices(config.train.num_devices)
+    for key in ("batch_size", "eval_batch_size"):
+        if config.data[key] % devices:
+            raise ValueError(
+                f"config.data.{key}={config.data[key]} is invalid: it must be a multiple of the {devices} devices "
+                "the batch is split over (config.train.num_devices)"
+            )
     model = models.get(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
     image_shape = expected_image_shape(config.data)
     if image_shape is not None:
@@ -94,9 +108,19 @@ def init_state(model, optimizer, image_shape, key) -> dict:
     }
 
 
-def make_train_step(model, optimizer, loss_name: str, augment):
-    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated."""
+def cast_floats(tree, dtype):
+    """The floating-point leaves of ``tree`` cast to ``dtype`` (mixed precision: float32 master copies stay)."""
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32"):
+    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated.
+
+    With ``compute_dtype='bfloat16'`` the forward and backward passes run in bfloat16 on bfloat16 copies of the
+    float32 parameters; the loss, gradients, optimizer and parameters stay float32.
+    """
     loss_fn, scores_fn = LOSSES[loss_name]
+    dtype = jnp.dtype(compute_dtype)
 
     def train_step(state, images, labels, batch_index, key):
         step_key = jax.random.fold_in(key, state["step"])
@@ -105,13 +129,14 @@ def make_train_step(model, optimizer, loss_name: str, augment):
 
         def loss_of(params):
             outputs, updates = model.apply(
-                {"params": params, **state["model_state"]},
-                x,
+                cast_floats({"params": params, **state["model_state"]}, dtype),
+                cast_floats(x, dtype),
                 train=True,
                 rngs={"dropout": dropout_key},
                 mutable=["batch_stats"],
             )
-            return jnp.mean(loss_fn(outputs, y)), (outputs, updates)
+            outputs = outputs.astype(jnp.float32)
+            return jnp.mean(loss_fn(outputs, y)), (outputs, cast_floats(updates, jnp.float32))
 
         (loss, (outputs, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
         param_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -136,25 +161,28 @@ def make_train_step(model, optimizer, loss_name: str, augment):
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(model, loss_name: str):
+def make_eval_step(model, loss_name: str, compute_dtype: str = "float32"):
     """The jitted step returning the weighted sums (loss, correct, count) of one padded batch."""
     loss_fn, scores_fn = LOSSES[loss_name]
+    dtype = jnp.dtype(compute_dtype)
 
     @jax.jit
     def eval_step(params, model_state, images, labels, batch_index, weights):
         x, y = images[batch_index], labels[batch_index]
-        outputs = model.apply({"params": params, **model_state}, x, train=False)
+        variables = cast_floats({"params": params, **model_state}, dtype)
+        outputs = model.apply(variables, cast_floats(x, dtype), train=False).astype(jnp.float32)
         correct = (jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32)
         return jnp.stack([jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
     return eval_step
 
 
-def evaluate(eval_step, state, images, labels, batch_size: int) -> tuple[float, float]:
+def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> tuple[float, float]:
     """(mean loss, accuracy) over every example of a split; the padded last batch is weighted out."""
     index, weights = data.eval_batches(len(labels), batch_size)
-    totals = jnp.zeros(3, jnp.float32)
+    totals = 0.0
     for batch_index, batch_weights in zip(index, weights):
+        batch_index, batch_weights = parallel.shard_batch((batch_index, batch_weights), mesh)
         totals = totals + eval_step(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
     loss_sum, correct, count = (float(v) for v in np.asarray(totals, np.float64))
     return loss_sum / count, correct / count
@@ -208,50 +236,63 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     results_path = workdir / "results.json"
-    if results_path.exists() and json.loads(results_path.read_text()).get("status") == "done":
-        metrics.log_line(f"{workdir} holds a finished run; its results stand (use a new --workdir to train again)")
+    if _finished_with(workdir, config):
+        metrics.log_line(f"{workdir} holds this finished run; its results stand (use a new --workdir to train again)")
         return json.loads(results_path.read_text())
-    metrics.write_json(workdir / "config.json", config.to_dict())
-    metrics.write_json(results_path, {"status": "running"})
+    if parallel.is_chief():
+        metrics.write_json(workdir / "config.json", config.to_dict())
+        metrics.write_json(results_path, {"status": "running"})
     try:
         return _train(config, model, workdir, started)
     except TrainingDiverged:
         raise
     except BaseException as error:
-        metrics.write_json(results_path, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        if parallel.is_chief():
+            metrics.write_json(results_path, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
         raise
+
+
+def _finished_with(workdir: Path, config) -> bool:
+    """Whether ``workdir`` holds a finished run of exactly ``config`` (a changed config, e.g. more epochs, resumes
+    training from the last checkpoint instead)."""
+    results, saved = workdir / "results.json", workdir / "config.json"
+    if not (results.exists() and saved.exists()) or json.loads(results.read_text()).get("status") != "done":
+        return False
+    return json.loads(saved.read_text()) == json.loads(json.dumps(config.to_dict()))
 
 
 def _train(config, model, workdir: Path, started: float) -> dict:
     c = config.train
+    chief = parallel.is_chief()
     splits = data.load_splits(config.data)
-    train_images, train_labels = jax.device_put(splits.train)
-    val_images, val_labels = jax.device_put(splits.validation)
-    test_images, test_labels = jax.device_put(splits.test)
+    mesh = parallel.make_mesh(c.num_devices)
+    train_images, train_labels = parallel.replicate(splits.train, mesh)
+    val_images, val_labels = parallel.replicate(splits.validation, mesh)
+    test_images, test_labels = parallel.replicate(splits.test, mesh)
     has_validation = len(splits.validation[1]) > 0
     batch_size = config.data.batch_size
     steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
     optimizer = optim.make_optimizer(config.optim, steps_per_epoch, c.num_epochs)
     init_key, train_key = jax.random.split(jax.random.key(c.seed))
-    state = init_state(model, optimizer, splits.image_shape, init_key)
+    state = parallel.replicate(init_state(model, optimizer, splits.image_shape, init_key), mesh)
     checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)
     meta = {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
     if (latest := checkpoints.latest_step()) is not None:
         state, meta = checkpoints.restore(latest, state)
         metrics.log_line(f"resuming from the checkpoint at step {latest} in {workdir}")
-    writer = metrics.MetricsWriter(workdir, int(state["step"]))
+    writer = metrics.MetricsWriter(workdir, int(state["step"])) if chief else metrics.NullWriter()
     augment = functools.partial(
         data.augment,
         crop_padding=config.data.random_crop_padding,
         flip=config.data.random_flip,
         translate=config.data.random_translate,
     )
-    train_step = make_train_step(model, optimizer, c.loss, augment)
-    eval_step = make_eval_step(model, c.loss)
+    train_step = make_train_step(model, optimizer, c.loss, augment, c.compute_dtype)
+    eval_step = make_eval_step(model, c.loss, c.compute_dtype)
     metrics.log_line(
         f"{config.model.name} ({count_params(state['params']):,} params) on {config.data.name}: "
         f"{len(splits.train[1]):,} train / {len(splits.validation[1]):,} validation / {len(splits.test[1]):,} test, "
-        f"{steps_per_epoch} steps per epoch; run directory {workdir}"
+        f"{steps_per_epoch} steps per epoch on {mesh.size} device(s); run directory {workdir}"
     )
     step, first_step_s, train_time = int(state["step"]), None, 0.0
     for epoch in range(step // steps_per_epoch, c.num_epochs):
@@ -259,13 +300,14 @@ def _train(config, model, workdir: Path, started: float) -> dict:
             break
         offset = step - epoch * steps_per_epoch
         if offset == 0:
-            state["epoch_sums"] = jnp.zeros(3, jnp.float32)
+            state["epoch_sums"] = parallel.replicate(np.zeros(3, np.float32), mesh)
         batches = data.train_batches(len(splits.train[1]), batch_size, seed=c.seed, epoch=epoch)
-        bar = metrics.progress_bar(steps_per_epoch, offset, f"epoch {epoch + 1}/{c.num_epochs}")
+        bar = metrics.progress_bar(steps_per_epoch, offset, f"epoch {epoch + 1}/{c.num_epochs}", enabled=chief)
         epoch_start = interval_start = time.time()
         interval_steps = 0
         for i in range(offset, steps_per_epoch):
-            state, step_metrics = train_step(state, train_images, train_labels, batches[i], train_key)
+            batch_index = parallel.shard_batch(batches[i], mesh)
+            state, step_metrics = train_step(state, train_images, train_labels, batch_index, train_key)
             step += 1
             interval_steps += 1
             if first_step_s is None:
@@ -299,7 +341,7 @@ def _train(config, model, workdir: Path, started: float) -> dict:
         }
         if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs):
             epoch_record["val_loss"], epoch_record["val_accuracy"] = evaluate(
-                eval_step, state, val_images, val_labels, config.data.eval_batch_size
+                eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh
             )
             _early_stopping(meta, epoch_record, c.early_stopping_patience)
             if meta["best_epoch"] == epoch + 1:
@@ -309,29 +351,35 @@ def _train(config, model, workdir: Path, started: float) -> dict:
         checkpoints.save(step, state, meta)
     best = checkpoints.restore_best(state) if has_validation else None
     final_state = best[0] if best is not None else state
-    test_loss, test_accuracy = evaluate(eval_step, final_state, test_images, test_labels, config.data.eval_batch_size)
+    test_loss, test_accuracy = evaluate(
+        eval_step, final_state, test_images, test_labels, config.data.eval_batch_size, mesh
+    )
     writer.write({"kind": "test", "step": step, "test_loss": test_loss, "test_accuracy": test_accuracy})
     writer.close()
     checkpoints.close()
     records = metrics.read_records(workdir / "metrics.jsonl")
-    plots.learning_curves(records, workdir / "learning_curves.png", title=f"{config.model.name} on {config.data.name}")
+    epoch_records = [r for r in records if r["kind"] == "epoch"]
+    if chief:
+        title = f"{config.model.name} on {config.data.name}"
+        plots.learning_curves(records, workdir / "learning_curves.png", title=title)
     results = {
         "status": "done",
         "test_accuracy": test_accuracy,
         "test_loss": test_loss,
         "val_accuracy": meta["best_val_accuracy"] if has_validation else None,
         "best_epoch": meta["best_epoch"] if has_validation else c.num_epochs,
-        "epochs": max(r["epoch"] for r in records if r["kind"] == "epoch"),
+        "epochs": step // steps_per_epoch,
         "stopped_early": meta["stopped_early"],
         "steps": step,
         "params": count_params(final_state["params"]),
         "train_time_s": train_time,
-        "images_per_sec": sum(r["images_per_sec"] * r["elapsed_s"] for r in records if r["kind"] == "epoch")
-        / max(sum(r["elapsed_s"] for r in records if r["kind"] == "epoch"), 1e-9),
+        "images_per_sec": sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records)
+        / max(sum(r["elapsed_s"] for r in epoch_records), 1e-9),
         "time_to_first_step_s": first_step_s,
         "wall_time_s": time.time() - started,
     }
-    metrics.write_json(workdir / "results.json", results)
+    if chief:
+        metrics.write_json(workdir / "results.json", results)
     metrics.log_line(
         f"test accuracy {100 * test_accuracy:.2f}% (best epoch {results['best_epoch']}), "
         f"{results['wall_time_s']:.0f} s in all; results in {workdir / 'results.json'}"
@@ -359,6 +407,8 @@ def _diverged(workdir: Path, step: int, record: dict, checkpoints: Checkpoints, 
     writer.write({**record, "kind": "diverged"})
     writer.close()
     checkpoints.close()
-    metrics.write_json(workdir / "results.json", {"status": "diverged", "step": step, "last_checkpoint": last,
-                                                   "error": message})  # fmt: skip
+    if parallel.is_chief():
+        metrics.write_json(
+            workdir / "results.json", {"status": "diverged", "step": step, "last_checkpoint": last, "error": message}
+        )
     raise TrainingDiverged(message)

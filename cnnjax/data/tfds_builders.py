@@ -143,7 +143,7 @@ def prepare(name: str, *, data_dir: str | None = None, tfds_dir: str | None = No
     """Makes dataset ``name`` ready in ``tfds_dir`` (from local files or the internet) and returns its builder.
 
     TFDS writes into a temporary directory and renames it when complete, so a failure never leaves a dataset that
-    looks prepared.
+    looks prepared, and processes preparing the same dataset at once all end with the one that finished first.
     """
     ds_builder = builder(name, tfds_dir)
     if ds_builder.is_prepared():
@@ -153,6 +153,9 @@ def prepare(name: str, *, data_dir: str | None = None, tfds_dir: str | None = No
         config = tfds.download.DownloadConfig(manual_dir=None if source is None else str(source))
         try:
             ds_builder.download_and_prepare(download_config=config)
+        except FileExistsError:  # another process (a sweep worker, a data-parallel peer) finished it first
+            if not builder(name, tfds_dir).is_prepared():
+                raise
         except NonMatchingChecksumError as error:
             raise DataError(
                 f"{name}: a file does not match the checksum TFDS registers for the official release, so it is "

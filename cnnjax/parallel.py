@@ -1,0 +1,57 @@
+"""Data parallelism with ``jax.sharding``: a one-axis mesh ('data') over the devices of one or several hosts.
+
+Parameters, optimizer state and the (small) datasets are replicated; each batch's indices are split along 'data', so
+every device gathers and processes its slice and XLA inserts the gradient all-reduce. The same code runs on one CPU,
+several GPUs, a TPU slice, or several processes joined by :func:`initialize_distributed`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int) -> None:
+    """Joins this process to a multi-process run (``jax.distributed.initialize``), before any device is used. CPU
+    collectives go through gloo over TCP, so several processes on one or many machines work without accelerators."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
+
+
+def num_devices(requested: int) -> int:
+    """How many devices a run uses: ``requested``, or all of them (over every process) when it is 0."""
+    available = jax.device_count()
+    if requested < 0 or requested > available:
+        raise ValueError(
+            f"config.train.num_devices={requested} is invalid: this run has {available} devices (0 uses all of them)"
+        )
+    return requested or available
+
+
+def make_mesh(requested: int) -> Mesh:
+    """A mesh with one axis, 'data', over the first ``num_devices(requested)`` devices."""
+    return Mesh(np.array(jax.devices()[: num_devices(requested)]), ("data",))
+
+
+def _put(array, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host value that every process holds in full (works across processes)."""
+    host = np.asarray(array)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf of ``tree`` copied to all devices of ``mesh``."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree_util.tree_map(lambda leaf: _put(leaf, sharding), tree)
+
+
+def shard_batch(tree, mesh: Mesh):
+    """Every leaf of ``tree`` split along its first (batch) axis over the 'data' axis of ``mesh``."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return jax.tree_util.tree_map(lambda leaf: _put(leaf, sharding), tree)
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's files (process 0)."""
+    return jax.process_index() == 0

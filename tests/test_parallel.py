@@ -1,0 +1,89 @@
+"""Data parallelism over 8 (virtual CPU) devices, two processes joined by jax.distributed, and bfloat16 compute."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from cnnjax import metrics, train
+from tests import fakes
+from tests.test_train import final_state, small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    fakes.make_idx_dataset(tmp_path / "src", n_train=120, n_test=30)
+    return tmp_path
+
+
+def launch(workdir: Path, data_root: Path, *extra, env=None, epochs=2):
+    overrides = {
+        "data.name": "mnist", "data.data_dir": data_root / "src", "data.tfds_dir": data_root / "tfds",
+        "data.batch_size": 16, "data.eval_batch_size": 8, "data.validation_fraction": 0.2,
+        "train.num_epochs": epochs, "train.log_every": 2,
+    }  # fmt: skip
+    command = [sys.executable, "launch.py", "--experiment=lenet", f"--workdir={workdir}"]
+    command += [f"--config.{k}={v}" for k, v in overrides.items()] + list(extra)
+    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def finish(process) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def epoch_losses(workdir: Path) -> list[float]:
+    return [r["train_loss"] for r in metrics.read_records(workdir / "metrics.jsonl") if r["kind"] == "epoch"]
+
+
+def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(dataset):
+    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    finish(launch(dataset / "one", dataset, "--config.train.num_devices=1", env=eight))
+    output = finish(launch(dataset / "eight", dataset, "--config.train.num_devices=8", env=eight))
+    assert "on 8 device(s)" in output
+    np.testing.assert_allclose(epoch_losses(dataset / "eight"), epoch_losses(dataset / "one"), rtol=1e-4)
+    one, many = (json.loads((dataset / d / "results.json").read_text()) for d in ("one", "eight"))
+    assert abs(one["test_loss"] - many["test_loss"]) < 1e-3
+    # the 8-device checkpoint resumes in a 1-device process (no forced device count) for a third epoch
+    output = finish(launch(dataset / "eight", dataset, "--config.train.num_devices=1", epochs=3))
+    assert "resuming from the checkpoint at step 12" in output and len(epoch_losses(dataset / "eight")) == 3
+
+
+def test_two_processes_on_loopback_match_one_process(dataset):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    finish(launch(dataset / "single", dataset))
+    flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--config.train.num_devices=0"]
+    workers = [launch(dataset / "multi", dataset, *flags, f"--process_id={i}") for i in (1, 0)]
+    outputs = [finish(w) for w in workers]
+    assert "on 2 device(s)" in outputs[1]
+    np.testing.assert_allclose(epoch_losses(dataset / "multi"), epoch_losses(dataset / "single"), rtol=1e-4)
+    assert json.loads((dataset / "multi" / "results.json").read_text())["status"] == "done"
+
+
+def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
+    config = small_config(tmp_path, compute_dtype="bfloat16", num_epochs=4)
+    with jax.numpy_dtype_promotion("standard"):
+        results = train.train_and_evaluate(config, tmp_path / "run")
+    losses = epoch_losses(tmp_path / "run")
+    assert results["status"] == "done" and losses[-1] < losses[0]
+    _, state, _ = final_state(tmp_path / "run")
+    dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves((state["params"], state["opt_state"]))}
+    assert np.dtype("float32") in dtypes and np.dtype("bfloat16") not in {np.dtype(d) for d in dtypes}
+
+
+def test_batch_must_split_evenly_over_devices(tmp_path):
+    config = small_config(tmp_path, num_devices=2)
+    with pytest.raises(ValueError, match=r"config.train.num_devices=2 is invalid: this run has 1 devices"):
+        train.train_and_evaluate(config, tmp_path / "run")
