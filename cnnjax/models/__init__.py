@@ -14,11 +14,13 @@ import jax.numpy as jnp
 
 from cnnjax.models.cifar import CifarCNN
 from cnnjax.models.lenet import LeNet, LeNet5Classic
+from cnnjax.models.resnet import ResNet
 
 MODELS: dict[str, type[nn.Module]] = {
     "lenet": LeNet,
     "lenet5_classic": LeNet5Classic,
     "cifar_cnn": CifarCNN,
+    "resnet": ResNet,
 }
 
 

@@ -1,0 +1,123 @@
+"""ResNet (He et al., 2015/2016): the CIFAR family (ResNet-20/32/44/56/110) and the ImageNet ResNet-18/34/50/101/152.
+
+Residual shortcuts let the gradient bypass each block, which is what makes these depths trainable.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cnnjax import functional as F
+from cnnjax import nn as cnn
+
+IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+NORMS = ("batch", "group", "layer", "none")
+
+
+def normalization(kind: str, train: bool, name: str):
+    """The normalization layer ``kind`` (batch: running statistics in ``batch_stats``) as a function of x."""
+    if kind == "batch":
+        return cnn.BatchNorm(use_running_average=not train, name=name)
+    if kind == "group":
+        return lambda x: cnn.GroupNorm(num_groups=min(32, x.shape[-1]), name=name)(x)
+    if kind == "layer":
+        return cnn.LayerNorm(name=name)
+    if kind == "none":
+        return lambda x: x
+    raise ValueError(f"model.norm must be one of {NORMS}, got {kind!r}")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; the shortcut is the identity, or (when the shape changes) a strided 1x1 conv ('projection')
+    or the CIFAR paper's option A: subsampling and zero-padded extra channels, which adds no parameters."""
+
+    features: int
+    stride: int
+    shortcut: str  # 'projection' | 'zero_pad'
+    norm: str
+    train: bool
+
+    @nn.compact
+    def __call__(self, x):
+        y = cnn.Conv2D(self.features, 3, stride=self.stride, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name="conv1")(x)
+        y = F.relu(normalization(self.norm, self.train, "norm1")(y))
+        y = cnn.Conv2D(self.features, 3, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name="conv2")(y)
+        y = normalization(self.norm, self.train, "norm2")(y)
+        return F.relu(y + shortcut(x, self.features, self.stride, self.shortcut, self.norm, self.train))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce - 3x3 - 1x1 expand (x4), with a projection shortcut when the shape changes."""
+
+    features: int
+    stride: int
+    shortcut: str
+    norm: str
+    train: bool
+
+    @nn.compact
+    def __call__(self, x):
+        conv = lambda f, k, s, name: cnn.Conv2D(f, k, stride=s, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name=name)  # noqa: E731
+        y = F.relu(normalization(self.norm, self.train, "norm1")(conv(self.features, 1, 1, "conv1")(x)))
+        y = F.relu(normalization(self.norm, self.train, "norm2")(conv(self.features, 3, self.stride, "conv2")(y)))
+        y = normalization(self.norm, self.train, "norm3")(conv(4 * self.features, 1, 1, "conv3")(y))
+        return F.relu(y + shortcut(x, 4 * self.features, self.stride, self.shortcut, self.norm, self.train))
+
+
+def shortcut(x, features: int, stride: int, kind: str, norm: str, train: bool):
+    """The identity when shapes agree; otherwise a projection (1x1 conv + norm) or option A (subsample, zero-pad)."""
+    if stride == 1 and x.shape[-1] == features:
+        return x
+    if kind == "zero_pad":
+        x = x[:, ::stride, ::stride, :]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
+    x = cnn.Conv2D(features, 1, stride=stride, use_bias=False, kernel_init=F.he_normal(), name="shortcut")(x)
+    return normalization(norm, train, "shortcut_norm")(x)
+
+
+class ResNet(nn.Module):
+    """ResNet of ``depth`` layers. (N, H, W, C) -> logits (N, num_classes).
+
+    ``stem='cifar'``: 3x3 conv with ``width`` (16) filters, 3 stages of (depth - 2) / 6 basic blocks with 16/32/64
+    filters and option-A shortcuts (ResNet-20: 0.27M parameters, ResNet-56: 0.85M). ``stem='imagenet'``: 7x7/2 conv
+    with 64 filters and 3x3/2 max pooling, 4 stages of basic (18, 34) or bottleneck (50+) blocks with projection
+    shortcuts (ResNet-18 with 1000 classes: 11,689,512 parameters). Global average pooling and one dense layer.
+    """
+
+    depth: int = 20
+    stem: str = "cifar"
+    width: int = 0  # 0: 16 for the CIFAR family, 64 for ImageNet
+    norm: str = "batch"
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        stages, block, shortcut_kind, width = self._plan()
+        init = F.he_normal()
+        if self.stem == "imagenet":
+            x = cnn.Conv2D(width, 7, stride=2, padding=3, use_bias=False, kernel_init=init, name="stem")(x)
+            x = F.relu(normalization(self.norm, train, "stem_norm")(x))
+            x = cnn.MaxPool2D(3, stride=2, padding=1, name="stem_pool")(x)
+        else:
+            x = cnn.Conv2D(width, 3, padding="SAME", use_bias=False, kernel_init=init, name="stem")(x)
+            x = F.relu(normalization(self.norm, train, "stem_norm")(x))
+        for stage, blocks in enumerate(stages):
+            for index in range(blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                x = block(width * 2**stage, stride, shortcut_kind, self.norm, train, name=f"stage{stage + 1}_block{index + 1}")(x)
+        x = cnn.GlobalAvgPool(name="pool")(x)
+        return cnn.Dense(self.num_classes, name="logits")(x)
+
+    def _plan(self):
+        """(blocks per stage, block class, shortcut kind, base width) for this depth and stem."""
+        if self.stem == "cifar":
+            if (self.depth - 2) % 6 or self.depth < 8:
+                raise ValueError(f"model.depth={self.depth}: the CIFAR ResNets have depth 6n + 2 (20, 32, 44, 56, 110)")
+            return ((self.depth - 2) // 6,) * 3, BasicBlock, "zero_pad", self.width or 16
+        if self.stem == "imagenet":
+            if self.depth not in IMAGENET_STAGES:
+                raise ValueError(f"model.depth={self.depth}: the ImageNet ResNets have depth {sorted(IMAGENET_STAGES)}")
+            block = BasicBlock if self.depth < 50 else Bottleneck
+            return IMAGENET_STAGES[self.depth], block, "projection", self.width or 64
+        raise ValueError(f"model.stem must be 'cifar' or 'imagenet', got {self.stem!r}")
