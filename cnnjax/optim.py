@@ -1,25 +1,51 @@
 """Optimizers from the ``optim`` config section, as Optax chains.
 
-``[clip by global norm] -> [coupled L2] -> core (sgd / momentum / adam / rmsprop) -> [decoupled weight decay] ->
-scale by -learning_rate``, wrapped in ``optax.inject_hyperparams`` so the learning rate lives in the optimizer state:
-it is logged, and a sweep can vary (or vmap) it without recompiling. Weight decay and L2 apply to kernels (arrays of
-rank >= 2), not to biases or normalization scales.
+``[clip by global norm] -> coupled L2 -> core (sgd / momentum / adam / rmsprop) -> decoupled weight decay ->
+scale by -(learning_rate x schedule)``, wrapped in ``optax.inject_hyperparams``: the numeric hyperparameters
+``learning_rate``, ``momentum``, ``weight_decay`` and ``l2`` (``INJECTED``) live in the optimizer state, so trials
+that differ only in them share one compiled step, and a sweep can stack (vmap) them. The schedule is a shape with
+peak 1, scaled by the learning rate. Weight decay and L2 apply to kernels (rank >= 2), not to biases or scales.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 
-# name -> core transformation from the optim config; sgd has none, nesterov forces Nesterov momentum.
+# name -> core transformation from (optim config, momentum); sgd has none, nesterov forces Nesterov momentum.
 CORES = {
-    "sgd": lambda c: optax.identity(),
-    "momentum": lambda c: optax.trace(decay=c.momentum, nesterov=c.nesterov),
-    "nesterov": lambda c: optax.trace(decay=c.momentum, nesterov=True),
-    "adam": lambda c: optax.scale_by_adam(b1=c.beta1, b2=c.beta2, eps=c.eps),
-    "adamw": lambda c: optax.scale_by_adam(b1=c.beta1, b2=c.beta2, eps=c.eps),
-    "rmsprop": lambda c: optax.scale_by_rms(decay=c.rms_decay, eps=c.eps),
+    "sgd": lambda c, momentum: optax.identity(),
+    "momentum": lambda c, momentum: optax.trace(decay=momentum, nesterov=c.nesterov),
+    "nesterov": lambda c, momentum: optax.trace(decay=momentum, nesterov=True),
+    "adam": lambda c, momentum: optax.scale_by_adam(b1=c.beta1, b2=c.beta2, eps=c.eps),
+    "adamw": lambda c, momentum: optax.scale_by_adam(b1=c.beta1, b2=c.beta2, eps=c.eps),
+    "rmsprop": lambda c, momentum: optax.scale_by_rms(decay=c.rms_decay, eps=c.eps),
 }
+INJECTED = ("learning_rate", "momentum", "weight_decay", "l2")
+
+
+class ScheduledRateState(NamedTuple):
+    count: jax.Array
+    learning_rate: jax.Array  # the rate the last update used
+
+
+def scale_by_scheduled_rate(learning_rate, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Scales updates by ``-learning_rate * schedule(step)`` and keeps the rate used in its state (for logging)."""
+
+    def init(params):
+        del params
+        return ScheduledRateState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        rate = jnp.asarray(learning_rate, jnp.float32) * schedule(state.count)
+        updates = jax.tree_util.tree_map(lambda u: (-rate).astype(u.dtype) * u, updates)
+        return updates, ScheduledRateState(state.count + 1, rate)
+
+    return optax.GradientTransformation(init, update)
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
@@ -51,42 +77,48 @@ def validate(c) -> None:
     check(c.clip_norm >= 0, "clip_norm", "must be >= 0 (0 disables clipping)")
 
 
-def learning_rate_schedule(c, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
-    """The learning rate per step: linear warmup over ``warmup_epochs``, then constant / step / exponential / cosine."""
+def learning_rate_schedule(c, steps_per_epoch: int, num_epochs: int, peak: float | None = None) -> optax.Schedule:
+    """The learning rate per step: linear warmup over ``warmup_epochs``, then constant / step / exponential / cosine,
+    peaking at ``peak`` (default: ``c.learning_rate``)."""
+    peak = c.learning_rate if peak is None else peak
     warmup = int(round(c.warmup_epochs * steps_per_epoch))
     decay_steps = max(int(round(c.decay_epochs * steps_per_epoch)), 1)
     after_warmup = max(num_epochs * steps_per_epoch - warmup, 1)
     schedules = {
-        "constant": lambda: optax.constant_schedule(c.learning_rate),
-        "step": lambda: optax.exponential_decay(c.learning_rate, decay_steps, c.decay_rate, staircase=True),
-        "exponential": lambda: optax.exponential_decay(c.learning_rate, decay_steps, c.decay_rate),
-        "cosine": lambda: optax.cosine_decay_schedule(c.learning_rate, after_warmup),
+        "constant": lambda: optax.constant_schedule(peak),
+        "step": lambda: optax.exponential_decay(peak, decay_steps, c.decay_rate, staircase=True),
+        "exponential": lambda: optax.exponential_decay(peak, decay_steps, c.decay_rate),
+        "cosine": lambda: optax.cosine_decay_schedule(peak, after_warmup),
     }
     schedule = schedules[c.schedule]()
     if warmup == 0:
         return schedule
-    return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), schedule], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), schedule], [warmup])
 
 
 def make_optimizer(c, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
-    """The optimizer the optim section ``c`` describes; its state holds ``hyperparams['learning_rate']``."""
+    """The optimizer the optim section ``c`` describes; ``INJECTED`` hyperparameters live in its state."""
     validate(c)
+    shape = learning_rate_schedule(c, steps_per_epoch, num_epochs, peak=1.0)
 
-    def chain(learning_rate):
-        parts = []
-        if c.clip_norm > 0:
-            parts.append(optax.clip_by_global_norm(c.clip_norm))
-        if c.l2 > 0:
-            parts.append(optax.add_decayed_weights(c.l2, kernels_mask))
-        parts.append(CORES[c.name](c))
-        if c.weight_decay > 0:
-            parts.append(optax.add_decayed_weights(c.weight_decay, kernels_mask))
-        parts.append(optax.scale_by_learning_rate(learning_rate))
-        return optax.chain(*parts)
+    def chain(learning_rate, momentum, weight_decay, l2):
+        clip = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm > 0 else []
+        return optax.chain(
+            *clip,
+            optax.add_decayed_weights(l2, kernels_mask),
+            CORES[c.name](c, momentum),
+            optax.add_decayed_weights(weight_decay, kernels_mask),
+            scale_by_scheduled_rate(learning_rate, shape),
+        )
 
-    return optax.inject_hyperparams(chain)(learning_rate=learning_rate_schedule(c, steps_per_epoch, num_epochs))
+    return optax.inject_hyperparams(chain)(**{name: c[name] for name in INJECTED})
+
+
+def with_hyperparams(opt_state, **values):
+    """``opt_state`` with some ``INJECTED`` hyperparameters replaced (e.g. each member of a vectorized sweep)."""
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, **{k: jnp.asarray(v) for k, v in values.items()}})
 
 
 def current_learning_rate(opt_state):
-    """The learning rate the last update used (``inject_hyperparams`` stores the value it computed for it)."""
-    return opt_state.hyperparams["learning_rate"]
+    """The learning rate the last update used (learning_rate x schedule)."""
+    return opt_state.inner_state[-1].learning_rate

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -114,7 +115,12 @@ def cast_floats(tree, dtype):
 
 
 def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32"):
-    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated.
+    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated."""
+    return jax.jit(train_step_fn(model, optimizer, loss_name, augment, compute_dtype), donate_argnums=0)
+
+
+def train_step_fn(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32"):
+    """The pure training step (state, images, labels, batch_index, key) -> (state, metrics), to jit or vmap.
 
     With ``compute_dtype='bfloat16'`` the forward and backward passes run in bfloat16 on bfloat16 copies of the
     float32 parameters; the loss, gradients, optimizer and parameters stay float32.
@@ -158,15 +164,15 @@ def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: st
         }
         return new_state, step_metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    return train_step
 
 
-def make_eval_step(model, loss_name: str, compute_dtype: str = "float32"):
-    """The jitted step returning the weighted sums (loss, correct, count) of one padded batch."""
+def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32"):
+    """The pure evaluation step (params, model_state, images, labels, batch_index, weights) -> sums (loss, correct,
+    count) of one padded batch."""
     loss_fn, scores_fn = LOSSES[loss_name]
     dtype = jnp.dtype(compute_dtype)
 
-    @jax.jit
     def eval_step(params, model_state, images, labels, batch_index, weights):
         x, y = images[batch_index], labels[batch_index]
         variables = cast_floats({"params": params, **model_state}, dtype)
@@ -175,6 +181,35 @@ def make_eval_step(model, loss_name: str, compute_dtype: str = "float32"):
         return jnp.stack([jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
     return eval_step
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, augment_items: tuple,
+                  compute_dtype: str):  # fmt: skip
+    optim_config = ml_collections.ConfigDict(dict(optim_items))
+    optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs)
+    augment = functools.partial(data.augment, **dict(augment_items))
+    train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype)
+    eval_fn = eval_step_fn(model, loss, compute_dtype)
+    return optimizer, train_fn, jax.jit(train_fn, donate_argnums=0), eval_fn, jax.jit(eval_fn)
+
+
+def compiled_steps(config, model, steps_per_epoch: int):
+    """(optimizer, train_fn, jitted train step, eval_fn, jitted eval step) for ``config``, shared by every run in
+    this process whose model, optimizer structure, loss and augmentation agree: trials that differ only in
+    ``optim.INJECTED`` values or the seed reuse the compiled steps (the values live in the optimizer state; set them
+    with ``optim.with_hyperparams``)."""
+    defaults = config_lib.base_config().optim
+    optim_items = tuple(sorted((k, defaults[k] if k in optim.INJECTED else v) for k, v in config.optim.items()))
+    augment_items = (
+        ("crop_padding", config.data.random_crop_padding),
+        ("flip", config.data.random_flip),
+        ("translate", config.data.random_translate),
+    )
+    return _cached_steps(
+        model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, augment_items,
+        config.train.compute_dtype,
+    )  # fmt: skip
 
 
 def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> tuple[float, float]:
@@ -272,23 +307,17 @@ def _train(config, model, workdir: Path, started: float) -> dict:
     has_validation = len(splits.validation[1]) > 0
     batch_size = config.data.batch_size
     steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
-    optimizer = optim.make_optimizer(config.optim, steps_per_epoch, c.num_epochs)
+    optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch)
     init_key, train_key = jax.random.split(jax.random.key(c.seed))
-    state = parallel.replicate(init_state(model, optimizer, splits.image_shape, init_key), mesh)
+    state = init_state(model, optimizer, splits.image_shape, init_key)
+    state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{k: config.optim[k] for k in optim.INJECTED})
+    state = parallel.replicate(state, mesh)
     checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)
     meta = {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
     if (latest := checkpoints.latest_step()) is not None:
         state, meta = checkpoints.restore(latest, state)
         metrics.log_line(f"resuming from the checkpoint at step {latest} in {workdir}")
     writer = metrics.MetricsWriter(workdir, int(state["step"])) if chief else metrics.NullWriter()
-    augment = functools.partial(
-        data.augment,
-        crop_padding=config.data.random_crop_padding,
-        flip=config.data.random_flip,
-        translate=config.data.random_translate,
-    )
-    train_step = make_train_step(model, optimizer, c.loss, augment, c.compute_dtype)
-    eval_step = make_eval_step(model, c.loss, c.compute_dtype)
     metrics.log_line(
         f"{config.model.name} ({count_params(state['params']):,} params) on {config.data.name}: "
         f"{len(splits.train[1]):,} train / {len(splits.validation[1]):,} validation / {len(splits.test[1]):,} test, "

@@ -92,24 +92,25 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch):
     config = small_config(tmp_path, checkpoint_every=3)
     train.train_and_evaluate(config, tmp_path / "whole")
 
-    real_make = train.make_train_step
+    real_steps = train.compiled_steps
 
-    def make_interrupting(*args, **kwargs):
-        step_fn, calls = real_make(*args, **kwargs), [0]
+    def interrupting_steps(*args):
+        optimizer, train_fn, step, eval_fn, eval_step = real_steps(*args)
+        calls = [0]
 
-        def interrupting(*a):
+        def interrupting(*step_args):
             calls[0] += 1
             if calls[0] == 11:  # between two checkpoints, in the second epoch
                 raise KeyboardInterrupt
-            return step_fn(*a)
+            return step(*step_args)
 
-        return interrupting
+        return optimizer, train_fn, interrupting, eval_fn, eval_step
 
-    monkeypatch.setattr(train, "make_train_step", make_interrupting)
+    monkeypatch.setattr(train, "compiled_steps", interrupting_steps)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, tmp_path / "resumed")
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["status"] == "failed"
-    monkeypatch.setattr(train, "make_train_step", real_make)
+    monkeypatch.setattr(train, "compiled_steps", real_steps)
     results = train.train_and_evaluate(config, tmp_path / "resumed")
 
     whole = final_state(tmp_path / "whole")
@@ -266,6 +267,7 @@ def test_learning_rate_lives_in_the_optimizer_state():
     state = optimizer.init(PARAMS)
     _, state = optimizer.update(GRADS[0], state, PARAMS)
     assert float(optim.current_learning_rate(state)) == pytest.approx(0.25)  # the rate step 0 used
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.25)  # the peak, in the state
     _, state = optimizer.update(GRADS[1], state, PARAMS)
     assert float(optim.current_learning_rate(state)) == pytest.approx(0.25 * 0.5 * (1 + np.cos(np.pi / 10)))
 
