@@ -1,9 +1,11 @@
 """cnnjax's launcher.
 
     python launch.py --experiment=NAME [--config.SECTION.KEY=VALUE ...] [--workdir=DIR] [--summary]
+    python launch.py --experiment=NAME --sweep[=SWEEP] [--sweep_executor=vectorized|sequential] [--sweep_trial=N]
+    python launch.py --experiment=NAME --sweep[=SWEEP] --study_storage=URL   # one Optuna worker; start several
 
-Runs ``experiments/NAME.py:get_config()`` through ``cnnjax.train.train_and_evaluate``. Re-running with the same
-``--workdir`` resumes from its latest checkpoint.
+Runs ``experiments/NAME.py:get_config()`` through ``cnnjax.train.train_and_evaluate``, or its sweep (``sweeps()``)
+through ``cnnjax.sweep``. Re-running with the same ``--workdir`` resumes a run or a sweep.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 flags.DEFINE_string("experiment", None, "the experiment to run: experiments/<NAME>.py")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
+flags.DEFINE_string("sweep", None, "run the experiment's sweep of this name ('default': its first)")
+flags.DEFINE_enum("sweep_executor", "vectorized", ["vectorized", "sequential"], "how a sweep's trials run locally")
+flags.DEFINE_integer("sweep_trial", None, "run only this trial index of the sweep")
+flags.DEFINE_string("study_storage", None, "Optuna storage shared by sweep workers: a journal file path or a "
+                    "postgresql:// URL; each launch is one worker")  # fmt: skip
 flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port of process 0 (jax.distributed)")
 flags.DEFINE_integer("num_processes", 1, "multi-process runs: how many processes take part")
 flags.DEFINE_integer("process_id", 0, "multi-process runs: this process's index, 0 .. num_processes - 1")
@@ -80,13 +87,42 @@ def main(argv):
         model = models.get(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
         print(summary.format_summary(summary.summarize(model, shape)))
         return
-    workdir = FLAGS.workdir or str(Path("runs") / FLAGS.experiment / time.strftime("%Y%m%d-%H%M%S"))
     try:
-        train.train_and_evaluate(config, workdir)
+        if FLAGS.sweep:
+            run_sweep(config)
+        else:
+            workdir = FLAGS.workdir or str(Path("runs") / FLAGS.experiment / time.strftime("%Y%m%d-%H%M%S"))
+            train.train_and_evaluate(config, workdir)
     except (train.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {error}")
 
 
+def run_sweep(config) -> None:
+    """Runs the experiment's sweep named by --sweep, prints its table and the best trial's command."""
+    from cnnjax import sweep
+
+    module = importlib.import_module(f"experiments.{FLAGS.experiment}")
+    sweeps = module.sweeps() if hasattr(module, "sweeps") else {}
+    name = next(iter(sweeps), None) if FLAGS.sweep == "default" else FLAGS.sweep
+    if name not in sweeps:
+        sys.exit(f"experiment {FLAGS.experiment!r} has no sweep {FLAGS.sweep!r}; its sweeps: {', '.join(sweeps) or 'none'}")
+    points = sweeps[name]
+    sweep_dir = Path(FLAGS.workdir or Path("runs") / FLAGS.experiment / f"sweep-{name}")
+    if FLAGS.study_storage:
+        from cnnjax import study
+
+        rows = study.run_worker(config, points, sweep_dir, FLAGS.study_storage, study_name=f"{FLAGS.experiment}-{name}")
+    else:
+        rows = sweep.run_sweep(config, points, sweep_dir, executor=FLAGS.sweep_executor, only=FLAGS.sweep_trial)
+    print((sweep_dir / "results.md").read_text())
+    best = next((r for r in rows if r["status"] == "done"), None)
+    if best is not None:
+        point = points[int(best["trial"].split("_")[1])]
+        overrides = [arg for arg in sys.argv[1:] if arg.startswith("--config.")]
+        print(f"best trial {best['trial']}: {sweep.best_command(FLAGS.experiment, point, overrides)}")
+
+
 if __name__ == "__main__":
-    config_flags.DEFINE_config_dict("config", load_config(sys.argv), lock_config=True)
-    app.run(main)
+    argv = ["--sweep=default" if arg == "--sweep" else arg for arg in sys.argv]  # a bare --sweep: the default sweep
+    config_flags.DEFINE_config_dict("config", load_config(argv), lock_config=True)
+    app.run(main, argv=argv)

@@ -116,7 +116,9 @@ def make_optimizer(c, steps_per_epoch: int, num_epochs: int) -> optax.GradientTr
 
 def with_hyperparams(opt_state, **values):
     """``opt_state`` with some ``INJECTED`` hyperparameters replaced (e.g. each member of a vectorized sweep)."""
-    return opt_state._replace(hyperparams={**opt_state.hyperparams, **{k: jnp.asarray(v) for k, v in values.items()}})
+    return opt_state._replace(
+        hyperparams={**opt_state.hyperparams, **{k: jnp.asarray(v, jnp.float32) for k, v in values.items()}}
+    )
 
 
 def current_learning_rate(opt_state):

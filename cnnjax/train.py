@@ -260,11 +260,12 @@ def _epoch_line(record: dict, num_epochs: int) -> str:
     return line + f"  lr {record['learning_rate']:.2e}  {record['elapsed_s']:6.1f} s  {record['images_per_sec']:,.0f} img/s"
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict:
+def train_and_evaluate(config, workdir: str | Path, epoch_callback=None) -> dict:
     """Trains and evaluates the experiment ``config`` in ``workdir``; resumes if ``workdir`` holds checkpoints.
 
     Returns the results dict also written to ``workdir/results.json``. Raises ``TrainingDiverged`` (after writing
-    ``status: diverged``) when the loss becomes non-finite.
+    ``status: diverged``) when the loss becomes non-finite. ``epoch_callback(epoch, val_accuracy)`` is called after
+    each validation (e.g. to report to a pruner, which may raise to stop the run).
     """
     started = time.time()
     model = check_config(config)
@@ -278,7 +279,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         metrics.write_json(workdir / "config.json", config.to_dict())
         metrics.write_json(results_path, {"status": "running"})
     try:
-        return _train(config, model, workdir, started)
+        return _train(config, model, workdir, started, epoch_callback)
     except TrainingDiverged:
         raise
     except BaseException as error:
@@ -296,7 +297,7 @@ def _finished_with(workdir: Path, config) -> bool:
     return json.loads(saved.read_text()) == json.loads(json.dumps(config.to_dict()))
 
 
-def _train(config, model, workdir: Path, started: float) -> dict:
+def _train(config, model, workdir: Path, started: float, epoch_callback=None) -> dict:
     c = config.train
     chief = parallel.is_chief()
     splits = data.load_splits(config.data)
@@ -373,6 +374,8 @@ def _train(config, model, workdir: Path, started: float) -> dict:
                 eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh
             )
             _early_stopping(meta, epoch_record, c.early_stopping_patience)
+            if epoch_callback is not None:
+                epoch_callback(epoch + 1, epoch_record["val_accuracy"])
             if meta["best_epoch"] == epoch + 1:
                 checkpoints.save_best(step, state, meta)
         writer.write(epoch_record)

@@ -7,6 +7,7 @@ Offline the data comes from Debian's dataset-fashion-mnist package; online TFDS 
 Measured on this 2-core CPU: see the README's results table.
 """
 
+from cnnjax import sweep
 from cnnjax.config import base_config, model_config
 
 
@@ -19,3 +20,22 @@ def get_config():
     config.train.num_epochs = 10
     config.lock()
     return config
+
+
+def sweeps():
+    """Named sweeps: ``python launch.py --experiment=lenet --sweep`` runs 'architecture', ``--sweep=NAME`` another.
+
+    architecture: filter counts x kernel sizes x pool sizes (8 trials of 3 epochs, about 5 minutes here).
+    optimization: learning rate x weight decay x seed (12 trials, one vectorized group per shape).
+    """
+    return {
+        "architecture": sweep.product(
+            sweep.grid(
+                **{"model.filters": [(6, 16), (16, 32)], "model.kernel_size": [3, 5], "model.pool_size": [2, 3]}
+            ),
+            [{"train.num_epochs": 3}],
+        ),
+        "optimization": sweep.grid(
+            **{"optim.learning_rate": [1e-3, 2e-3, 4e-3], "optim.weight_decay": [0.0, 1e-4], "train.seed": [0, 1]}
+        ),
+    }

@@ -1,0 +1,412 @@
+"""Hyperparameter sweeps: definitions, trial directories, the results table and plots, and the executors.
+
+A sweep is a list of points, each a dict of dotted config keys to values, built with :func:`grid`, :func:`zipped`,
+:func:`product` and :func:`random` (with :func:`uniform`, :func:`log_uniform`, :func:`choice`). Experiments define
+theirs next to their config in ``sweeps()``. Each trial runs in ``<sweep_dir>/<trial name>/``, a complete run
+directory; the sweep writes ``results.csv`` / ``results.md`` sorted by validation accuracy, a heatmap of validation
+accuracy over two swept axes and the learning curves of all trials. Re-running a sweep skips finished trials and
+resumes interrupted ones from their checkpoints; a failing or diverging trial is recorded and the sweep goes on.
+
+Executors: ``sequential`` (one trial after another, compiled steps shared between trials whose shapes agree) and
+``vectorized`` (trials that differ only in ``optim.INJECTED`` values and ``train.seed`` train together as one vmapped
+program, see :func:`train_group`). ``cnnjax.study`` spreads trials over processes and machines with Optuna.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cnnjax import config as config_lib
+from cnnjax import data, metrics, optim, plots, train
+
+Point = dict  # dotted config key -> value
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Definitions
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def grid(**axes: Sequence) -> list[Point]:
+    """Every combination of the values of ``axes`` (keys: dotted config keys, e.g. ``model__filters`` or passed as
+    ``**{'model.filters': [...]}``)."""
+    keys = [k.replace("__", ".") for k in axes]
+    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+
+
+def zipped(**axes: Sequence) -> list[Point]:
+    """The i-th values of every axis together; all axes must have the same length."""
+    lengths = {len(v) for v in axes.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"zipped: all axes need the same number of values, got {dict((k, len(v)) for k, v in axes.items())}")
+    keys = [k.replace("__", ".") for k in axes]
+    return [dict(zip(keys, values)) for values in zip(*axes.values())]
+
+
+def product(*sweeps: list[Point]) -> list[Point]:
+    """Every combination of one point from each sweep, merged."""
+    return [{k: v for point in points for k, v in point.items()} for points in itertools.product(*sweeps)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """A random axis: ``sample(rng)`` draws a value; ``kind`` and ``args`` describe it (for Optuna too)."""
+
+    kind: str  # uniform | log_uniform | choice
+    args: tuple
+
+    def sample(self, rng: np.random.Generator):
+        if self.kind == "uniform":
+            return float(rng.uniform(*self.args))
+        if self.kind == "log_uniform":
+            low, high = self.args
+            return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        return self.args[int(rng.integers(len(self.args)))]
+
+
+def uniform(low: float, high: float) -> Distribution:
+    return Distribution("uniform", (low, high))
+
+
+def log_uniform(low: float, high: float) -> Distribution:
+    if not 0 < low < high:
+        raise ValueError(f"log_uniform needs 0 < low < high, got ({low}, {high})")
+    return Distribution("log_uniform", (low, high))
+
+
+def choice(values: Sequence) -> Distribution:
+    return Distribution("choice", tuple(values))
+
+
+def random(num: int, *, seed: int, **axes: Distribution) -> list[Point]:
+    """``num`` points drawn from the distributions of ``axes``, the same for the same ``seed``."""
+    rng = np.random.default_rng(seed)
+    keys = [k.replace("__", ".") for k in axes]
+    return [{k: d.sample(rng) for k, d in zip(keys, axes.values())} for _ in range(num)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Trials
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def trial_config(base, point: Point):
+    """A copy of ``base`` with the point's values set; an unknown key names the closest known keys."""
+    config = copy.deepcopy(base)
+    known = set(config_lib.flat_keys(config))
+    for key, value in point.items():
+        if key not in known:
+            raise ValueError(f"sweep key {key!r} is not a config key; closest: {', '.join(config_lib.closest_keys(key, config))}")
+        section, name = key.rsplit(".", 1)
+        target = config
+        for part in section.split("."):
+            target = target[part]
+        target[name] = tuple(value) if isinstance(value, list) else value
+    return config
+
+
+def trial_name(index: int, point: Point) -> str:
+    """A readable, filesystem-safe directory name: ``trial_007_filters=16-32_kernel_size=3``."""
+    parts = [f"{k.split('.')[-1]}={'-'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in point.items()]
+    return re.sub(r"[^A-Za-z0-9_.=-]", "", f"trial_{index:03d}_" + "_".join(parts))[:120]
+
+
+def trial_dirs(sweep_dir: Path, points: list[Point]) -> list[Path]:
+    return [Path(sweep_dir) / trial_name(i, p) for i, p in enumerate(points)]
+
+
+def read_status(trial_dir: Path) -> dict:
+    path = trial_dir / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {"status": "pending"}
+
+
+def run_trial(config, trial_dir: Path) -> dict:
+    """One trial: its results, or its failure recorded (``status`` diverged / failed with the error) without raising."""
+    try:
+        return train.train_and_evaluate(config, trial_dir)
+    except train.TrainingDiverged as error:
+        return {"status": "diverged", "error": str(error)}
+    except Exception as error:  # noqa: BLE001 - any failure of one trial is recorded; the sweep goes on
+        metrics.log_line(f"trial {trial_dir.name} failed: {type(error).__name__}: {error}")
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The vectorized executor
+# ----------------------------------------------------------------------------------------------------------------------
+
+VECTORIZED_KEYS = tuple(f"optim.{k}" for k in optim.INJECTED) + ("train.seed",)
+
+
+def group_key(config) -> str:
+    """Trials with equal keys differ only in ``VECTORIZED_KEYS`` and can train as one vmapped program."""
+    flat = json.loads(json.dumps(config.to_dict()))
+    for key in VECTORIZED_KEYS:
+        section, name = key.split(".")
+        flat[section].pop(name)
+    return json.dumps(flat, sort_keys=True)
+
+
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _member(tree, k: int):
+    return jax.tree_util.tree_map(lambda leaf: leaf[k], tree)
+
+
+def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
+    """Trains K configs that differ only in ``VECTORIZED_KEYS`` together: their states are stacked and one jitted
+    ``vmap`` of the training step advances all of them (learning rates etc. are values in the stacked optimizer
+    states, so no value triggers a recompile). Each member sees exactly the batches, keys and updates of its solo
+    run, so its results equal the solo run's to float rounding (vmap may reorder reductions: not bitwise). A member
+    whose loss becomes non-finite is frozen and recorded as diverged; the others go on. Early stopping freezes a
+    member's best parameters (used for its test) while the group finishes. Writes each member's run directory
+    (config.json, metrics.jsonl, results.json, learning curves); a group interrupted midway trains again.
+    """
+    base, k = configs[0], len(configs)
+    model = train.check_config(base)
+    started = time.time()
+    splits = data.load_splits(base.data)
+    images, labels = jax.device_put(splits.train)
+    val_images, val_labels = jax.device_put(splits.validation)
+    test_images, test_labels = jax.device_put(splits.test)
+    batch_size, c = base.data.batch_size, base.train
+    steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
+    optimizer, train_fn, _, eval_fn, _ = train.compiled_steps(base, model, steps_per_epoch)
+    states, keys = [], []
+    for config in configs:
+        init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
+        state = train.init_state(model, optimizer, splits.image_shape, init_key)
+        state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{n: config.optim[n] for n in optim.INJECTED})
+        states.append(state)
+        keys.append(train_key)
+    state, keys = _stack(states), jnp.stack(keys)
+    best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
+    group_step, group_eval = _group_steps(train_fn, eval_fn)
+    writers = []
+    for config, workdir in zip(configs, workdirs):
+        workdir.mkdir(parents=True, exist_ok=True)
+        metrics.write_json(workdir / "config.json", config.to_dict())
+        metrics.write_json(workdir / "results.json", {"status": "running", "executor": "vectorized"})
+        writers.append(metrics.MetricsWriter(workdir, 0))
+    alive = jnp.ones(k, bool)
+    best = np.full(k, -1.0)
+    best_epoch, waiting, stopped = np.zeros(k, int), np.zeros(k, int), np.zeros(k, bool)
+    train_time = 0.0
+    for epoch in range(c.num_epochs):
+        epoch_start = time.time()
+        batches = np.stack(
+            [data.train_batches(len(splits.train[1]), batch_size, seed=cfg.train.seed, epoch=epoch) for cfg in configs],
+            axis=1,
+        )  # (steps, K, batch)
+        state["epoch_sums"] = jnp.zeros((k, 3), jnp.float32)
+        for step_index in batches:
+            state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(step_index), keys, alive)
+        sums = np.asarray(state["epoch_sums"], np.float64)
+        val = _group_evaluate(group_eval, state, val_images, val_labels, base.data.eval_batch_size)
+        elapsed = time.time() - epoch_start
+        train_time += elapsed
+        alive_host, learning_rates = np.asarray(alive), np.asarray(step_metrics["learning_rate"])
+        improved = (val[:, 1] > best) & alive_host & ~stopped
+        best_params = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            state["params"],
+            best_params,
+        )
+        for m in range(k):
+            if improved[m]:
+                best[m], best_epoch[m], waiting[m] = val[m, 1], epoch + 1, 0
+            elif alive_host[m] and not stopped[m]:
+                waiting[m] += 1
+                stopped[m] = bool(c.early_stopping_patience) and waiting[m] >= c.early_stopping_patience
+            if alive_host[m]:
+                writers[m].write({
+                    "kind": "epoch", "step": (epoch + 1) * steps_per_epoch, "epoch": epoch + 1,
+                    "train_loss": sums[m, 0] / sums[m, 2], "train_accuracy": sums[m, 1] / sums[m, 2],
+                    "val_loss": val[m, 0], "val_accuracy": val[m, 1], "learning_rate": float(learning_rates[m]),
+                    "elapsed_s": elapsed, "images_per_sec": k * steps_per_epoch * batch_size / elapsed,
+                })  # fmt: skip
+        metrics.log_line(
+            f"epoch {epoch + 1:>3}/{c.num_epochs}  group of {k}: val acc "
+            + " ".join("diverged" if not a else f"{100 * v:.2f}%" for a, v in zip(alive_host, val[:, 1]))
+            + f"  {elapsed:.1f} s"
+        )
+        if np.all(stopped | ~alive_host):
+            break
+    test = _group_evaluate(group_eval, {**state, "params": best_params}, test_images, test_labels, base.data.eval_batch_size)
+    results = []
+    for m, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers)):
+        if alive_host[m]:
+            writer.write({"kind": "test", "step": (epoch + 1) * steps_per_epoch, "test_loss": test[m, 0],
+                          "test_accuracy": test[m, 1]})  # fmt: skip
+        writer.close()
+        records = metrics.read_records(workdir / "metrics.jsonl")
+        if records:
+            plots.learning_curves(records, workdir / "learning_curves.png", title=f"{config.model.name} (vectorized)")
+        result = {
+            "status": "done" if alive_host[m] else "diverged",
+            "executor": "vectorized",
+            "group_size": k,
+            "test_accuracy": float(test[m, 1]) if alive_host[m] else None,
+            "test_loss": float(test[m, 0]) if alive_host[m] else None,
+            "val_accuracy": float(best[m]) if best[m] >= 0 else None,
+            "best_epoch": int(best_epoch[m]),
+            "epochs": epoch + 1,
+            "stopped_early": bool(stopped[m]),
+            "params": train.count_params(_member(best_params, m)),
+            "train_time_s": train_time / k,
+            "wall_time_s": (time.time() - started) / k,
+        }
+        if not alive_host[m]:
+            result["error"] = "training diverged: the loss became non-finite; this member was frozen (vectorized)"
+        metrics.write_json(workdir / "results.json", result)
+        results.append(result)
+    return results
+
+
+@functools.lru_cache(maxsize=8)
+def _group_steps(train_fn, eval_fn):
+    """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis."""
+
+    def masked_step(state, images, labels, batch_index, key, alive):
+        new_state, step_metrics = train_fn(state, images, labels, batch_index, key)
+        ok = alive & jnp.isfinite(step_metrics["loss"]) & jnp.isfinite(step_metrics["grad_norm"])
+        new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        return new_state, step_metrics, ok
+
+    group_step = jax.jit(jax.vmap(masked_step, in_axes=(0, None, None, 0, 0, 0)), donate_argnums=0)
+    group_eval = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0, None, None, None, None)))
+    return group_step, group_eval
+
+
+def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.ndarray:
+    """(K, 2) mean loss and accuracy of every member over a split."""
+    if len(labels) == 0:
+        return np.full((state["step"].shape[0], 2), np.nan)
+    index, weights = data.eval_batches(len(labels), batch_size)
+    totals = 0.0
+    for batch_index, batch_weights in zip(index, weights):
+        totals = totals + group_eval(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
+    totals = np.asarray(totals, np.float64)
+    return np.stack([totals[:, 0] / totals[:, 2], totals[:, 1] / totals[:, 2]], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running a sweep, the results table and plots
+# ----------------------------------------------------------------------------------------------------------------------
+
+EXECUTORS = ("sequential", "vectorized")
+
+
+def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "sequential",
+              only: int | None = None, max_group: int = 8) -> list[dict]:  # fmt: skip
+    """Runs (or resumes) the trials of ``points`` under ``sweep_dir`` and writes the table and plots.
+
+    ``only``: run just that trial index (for spreading trials by hand). ``max_group``: vectorized group size limit.
+    Returns the table rows.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown sweep executor {executor!r}; choose one of {EXECUTORS}")
+    sweep_dir = Path(sweep_dir)
+    configs = [trial_config(base, p) for p in points]  # every key checked before anything runs
+    for config in configs:
+        train.check_config(config)
+    dirs = trial_dirs(sweep_dir, points)
+    selected = range(len(points)) if only is None else [only]
+    # finished and diverged trials stand (training is deterministic); pending, interrupted and failed ones run
+    todo = [i for i in selected if read_status(dirs[i])["status"] in ("pending", "running", "failed")]
+    metrics.log_line(f"sweep of {len(points)} trials in {sweep_dir}: {len(todo)} to run ({executor})")
+    if executor == "vectorized":
+        groups: dict[str, list[int]] = {}
+        for i in todo:
+            groups.setdefault(group_key(configs[i]), []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), max_group):
+                chunk = members[start : start + max_group]
+                if len(chunk) == 1:
+                    run_trial(configs[chunk[0]], dirs[chunk[0]])
+                    continue
+                try:
+                    train_group([configs[i] for i in chunk], [dirs[i] for i in chunk])
+                except Exception as error:  # noqa: BLE001 - the group's trials are recorded as failed
+                    for i in chunk:
+                        metrics.write_json(dirs[i] / "results.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+    else:
+        for i in todo:
+            run_trial(configs[i], dirs[i])
+    return write_report(sweep_dir, points, dirs)
+
+
+def write_report(sweep_dir: Path, points: list[Point], dirs: list[Path]) -> list[dict]:
+    """results.csv / results.md sorted by validation accuracy, the heatmap and overlaid learning curves."""
+    rows = []
+    for point, trial_dir in zip(points, dirs):
+        result = read_status(trial_dir)
+        config_path = trial_dir / "config.json"
+        flops = None
+        if config_path.exists() and result.get("status") == "done":
+            flops = _flops(trial_dir)
+        rows.append({
+            "trial": trial_dir.name,
+            **{k: _format(v) for k, v in point.items()},
+            "val_accuracy": result.get("val_accuracy"), "test_accuracy": result.get("test_accuracy"),
+            "params": result.get("params"), "flops": flops, "time_s": result.get("wall_time_s"),
+            "status": result["status"], "error": result.get("error", ""),
+        })  # fmt: skip
+    rows.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1.0))
+    columns = list(rows[0]) if rows else []
+    with open(sweep_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    table += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
+    (sweep_dir / "results.md").write_text("\n".join(table) + "\n")
+    axes = list(points[0]) if points else []
+    plots.sweep_heatmap(rows, axes, sweep_dir / "heatmap.png")
+    plots.overlaid_learning_curves({d.name: metrics.read_records(d / "metrics.jsonl") for d in dirs}, sweep_dir / "learning_curves.png")
+    return rows
+
+
+def _flops(trial_dir: Path) -> int | None:
+    """Forward FLOPs per image of the trial's model (from cnnjax.summary)."""
+    from cnnjax import models, summary
+
+    saved = json.loads((trial_dir / "config.json").read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model"].items() if k != "name"}
+    shape = train.expected_image_shape(ml_collections.ConfigDict(saved["data"]))
+    if shape is None:
+        return None
+    return sum(r["flops"] for r in summary.summarize(models.get(saved["model"]["name"], **fields), shape))
+
+
+def _format(value):
+    return "-".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value).replace("|", "/")[:80]
+
+
+def best_command(experiment: str, point: Point, extra: Sequence[str] = ()) -> str:
+    """The launch command that reruns one trial on its own."""
+    overrides = " ".join(f"--config.{k}='{v}'" if isinstance(v, (tuple, list)) else f"--config.{k}={v}" for k, v in point.items())
+    return " ".join(["python launch.py", f"--experiment={experiment}", overrides, *extra]).strip()
+
