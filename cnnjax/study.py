@@ -5,12 +5,12 @@ trial directory (a complete run directory, resumable from its checkpoints), tell
 accuracy, and repeats until the sweep is done. Storage: a journal file (``JournalStorage``) for workers on one
 machine, or a PostgreSQL URL (``RDBStorage``) for workers on many; never SQLite for parallel workers.
 
-- Grid sweeps (a list of points): a ``GridSampler`` over the trial index runs every point once; a point another
-  worker already finished or is running is not run twice.
+- Grid sweeps (a list of points): every point is enqueued as a trial with its index; a point another worker
+  already finished or is running is not run twice.
 - Searches (:class:`Search`): any Optuna sampler (TPE, random) over distributions, with median or Hyperband pruning
   on the validation accuracy reported after each epoch.
 - A worker killed mid-trial leaves its trial to be retried by another worker: with PostgreSQL through Optuna's
-  heartbeat (the stale trial fails and ``RetryFailedTrialCallback`` enqueues it again); with a journal file, a
+  heartbeat (the stale trial fails and ``RetryHeartbeatStaleTrialCallback`` enqueues it again); with a journal file, a
   worker that finds a running trial whose process on this machine is gone does the same.
 """
 
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -47,10 +47,19 @@ class Search:
 
 def storage_for(url: str):
     """A PostgreSQL ``RDBStorage`` with heartbeats and retries, or a ``JournalStorage`` on a file path."""
-    if url.startswith(("postgresql://", "postgresql+psycopg2://")):
-        return RDBStorage(
-            url, heartbeat_interval=5, grace_period=20, failed_trial_callback=RetryFailedTrialCallback(max_retry=3)
-        )
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):
+        for attempt in range(5):  # workers starting together race to create Optuna's tables; the losers retry
+            try:
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=5,
+                    grace_period=20,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+            except Exception:  # noqa: BLE001 - sqlalchemy/alembic errors of the lost race
+                if attempt == 4:
+                    raise
+                time.sleep(1 + attempt)
     if "://" in url:
         raise ValueError(f"--study_storage={url!r}: use a journal file path or a postgresql:// URL (not SQLite)")
     Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -90,9 +99,7 @@ def run_worker(base, points, sweep_dir: Path, storage_url: str, *, study_name: s
     for config in configs:
         train.check_config(config)
     dirs = sweep.trial_dirs(sweep_dir, points)
-    sampler = optuna.samplers.GridSampler({"trial_index": list(range(len(points)))}, seed=0)
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="maximize",
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True)
     everything = set(range(len(points)))
     while True:
         if isinstance(storage, JournalStorage):
@@ -103,6 +110,9 @@ def run_worker(base, points, sweep_dir: Path, storage_url: str, *, study_name: s
                 break
             time.sleep(2)  # the last points run elsewhere: wait, in case their worker dies and they come back
             continue
+        if not waiting:  # queue the grid points nobody has finished or is running (duplicates are pruned below)
+            for index in sorted(everything - done - running):
+                study.enqueue_trial({"trial_index": index})
         trial = study.ask()
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())

@@ -15,6 +15,11 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     "point --config.data.data_dir at the Fashion-MNIST files or go online so TFDS can download them" >&2
 fi
 
+# PostgreSQL server binaries: the sweep tests start a real server on loopback (Optuna's RDB storage)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql || echo "setup: could not install Debian's postgresql; the PostgreSQL sweep test will skip" >&2
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv 2>/dev/null || { rm -rf .venv; apt_install python3-venv && "$PYTHON" -m venv .venv; }

@@ -4,8 +4,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -139,3 +141,46 @@ def test_two_journal_workers_share_a_study_and_a_killed_worker_is_retried(tmp_pa
     assert any("lost its worker" in output for output in outputs)
     assert any("best trial trial_" in output for output in outputs)
     check_study(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal)), tmp_path)
+
+
+@pytest.fixture
+def postgres_url():
+    """A real PostgreSQL server on loopback in a temporary directory (Debian's postgresql, run as its user)."""
+    bindir = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+    if bindir is None:
+        pytest.skip("Debian's postgresql is not installed (scripts/setup.sh installs it)")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="cnnjax-pg-"))
+    home.chmod(0o755)
+    if as_postgres:
+        shutil.chown(home, "postgres")
+    data_dir = home / "data"
+    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data_dir), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([*as_postgres, str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), "-k",
+                               str(home), "-h", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode:
+            assert time.time() < deadline, "PostgreSQL did not start"
+            time.sleep(0.2)
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cnnjax"], check=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/cnnjax"
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_against_a_real_postgresql_server(tmp_path, postgres_url):
+    from tests import fakes
+
+    fakes.make_idx_dataset(tmp_path / "src", n_train=120, n_test=30)
+    workers = [launch_worker(tmp_path, postgres_url) for _ in range(2)]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output[-3000:]
+    check_study(optuna.storages.RDBStorage(postgres_url), tmp_path)
