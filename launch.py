@@ -24,7 +24,8 @@ flags.DEFINE_string("experiment", None, "the experiment to run: experiments/<NAM
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
 flags.DEFINE_string("sweep", None, "run the experiment's sweep of this name ('default': its first)")
-flags.DEFINE_enum("sweep_executor", "vectorized", ["vectorized", "sequential"], "how a sweep's trials run locally")
+flags.DEFINE_enum("sweep_executor", "sequential", ["sequential", "vectorized"], "how a sweep's trials run locally "
+                  "(vectorized: one vmapped program per group of trials that differ only in optimizer values and seed)")
 flags.DEFINE_integer("sweep_trial", None, "run only this trial index of the sweep")
 flags.DEFINE_string("study_storage", None, "Optuna storage shared by sweep workers: a journal file path or a "
                     "postgresql:// URL; each launch is one worker")  # fmt: skip
