@@ -23,6 +23,9 @@ EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 flags.DEFINE_string("experiment", None, "the experiment to run: experiments/<NAME>.py")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
+flags.DEFINE_bool("visualize", False, "after training (or for the finished run in --workdir), draw filters, feature "
+                  "maps, the confusion matrix and misclassified examples into the run directory")
+flags.DEFINE_integer("visualize_image", 0, "the test image whose feature maps --visualize draws")
 flags.DEFINE_string("sweep", None, "run the experiment's sweep of this name ('default': its first)")
 flags.DEFINE_enum("sweep_executor", "sequential", ["sequential", "vectorized"], "how a sweep's trials run locally "
                   "(vectorized: one vmapped program per group of trials that differ only in optimizer values and seed)")
@@ -94,6 +97,9 @@ def main(argv):
         else:
             workdir = FLAGS.workdir or str(Path("runs") / FLAGS.experiment / time.strftime("%Y%m%d-%H%M%S"))
             train.train_and_evaluate(config, workdir)
+            if FLAGS.visualize:
+                for name, path in train.visualize(config, workdir, FLAGS.visualize_image).items():
+                    print(f"{name}: {path}")
     except (train.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {error}")
 

@@ -363,6 +363,11 @@ def euclidean_rbf(x: Array, prototypes: Array) -> Array:
     return jnp.sum(jnp.square(x[:, None, :] - prototypes[None, :, :]), axis=-1)
 
 
+def concatenate_channels(*xs: Array) -> Array:
+    """Concatenates NHWC feature maps of equal (N, H, W) along the channels (Inception's branches)."""
+    return jnp.concatenate(xs, axis=-1)
+
+
 def flatten(x: Array) -> Array:
     """Flattens everything but the batch dimension. x: (N, ...) -> (N, prod(...))."""
     return x.reshape(x.shape[0], -1)

@@ -88,3 +88,91 @@ def _natural(text: str):
         return (0, float(text), text)
     except ValueError:
         return (1, 0.0, text)
+
+
+def _grid_shape(count: int) -> tuple[int, int]:
+    cols = int(np.ceil(np.sqrt(count)))
+    return int(np.ceil(count / cols)), cols
+
+
+def filter_grid(kernel: np.ndarray, path: str | Path, title: str) -> None:
+    """First-layer filters (kh, kw, in, out) as an image grid: RGB for 3 input channels, else the first channel."""
+    kernel = np.asarray(kernel, np.float32)
+    count = kernel.shape[-1]
+    rows, cols = _grid_shape(count)
+    figure, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.5, 1.6 * rows + 0.8), squeeze=False)
+    limit = float(np.abs(kernel).max()) or 1.0
+    image = None
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        if kernel.shape[2] == 3:
+            filt = kernel[..., index]
+            axis.imshow((filt - filt.min()) / (np.ptp(filt) or 1.0))
+        else:
+            image = axis.imshow(kernel[:, :, 0, index], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        axis.set_title(f"#{index}", fontsize=8)
+    if image is not None:
+        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="weight")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: str | Path, title: str, per_layer: int = 8) -> None:
+    """The input image and, one row per layer, its first ``per_layer`` feature maps (H, W, C) for that image."""
+    rows = len(maps) + 1
+    figure, axes = plt.subplots(rows, per_layer, figsize=(1.5 * per_layer + 1, 1.5 * rows + 0.6), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    axes[0, 0].imshow(image[..., 0] if image.shape[-1] == 1 else (image - image.min()) / (np.ptp(image) or 1.0),
+                      cmap="gray")  # fmt: skip
+    axes[0, 0].set_title("input", fontsize=8)
+    for row, (name, fmap) in enumerate(maps.items(), start=1):
+        for channel in range(min(per_layer, fmap.shape[-1])):
+            axes[row, channel].imshow(fmap[..., channel], cmap="viridis")
+            axes[row, channel].set_title(f"{name} #{channel}" if channel == 0 else f"#{channel}", fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, class_names, path: str | Path, title: str) -> None:
+    """Counts of (true class, predicted class) on the test set, with class names and a colour bar."""
+    k = len(class_names)
+    matrix = np.zeros((k, k), int)
+    np.add.at(matrix, (labels, predictions), 1)
+    figure, axis = plt.subplots(figsize=(0.6 * k + 3, 0.6 * k + 2.5))
+    image = axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(k), class_names, rotation=45, ha="right")
+    axis.set_yticks(range(k), class_names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            axis.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                      color="white" if matrix[i, j] > matrix.max() / 2 else "black")  # fmt: skip
+    figure.colorbar(image, ax=axis, label="test examples")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def misclassified(images, labels, predictions, class_names, path: str | Path, title: str, limit: int = 25) -> None:
+    """Up to ``limit`` misclassified test images titled 'predicted (true)'."""
+    wrong = np.flatnonzero(labels != predictions)[:limit]
+    rows, cols = _grid_shape(max(len(wrong), 1))
+    figure, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.5), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong):
+        image = images[index]
+        axis.imshow(image[..., 0] if image.shape[-1] == 1 else (image - image.min()) / (np.ptp(image) or 1.0), cmap="gray")
+        axis.set_title(f"{class_names[predictions[index]]}\n({class_names[labels[index]]})", fontsize=7, color="firebrick")
+    figure.suptitle(f"{title}: predicted (true)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

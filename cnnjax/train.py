@@ -444,3 +444,63 @@ def _diverged(workdir: Path, step: int, record: dict, checkpoints: Checkpoints, 
             workdir / "results.json", {"status": "diverged", "step": step, "last_checkpoint": last, "error": message}
         )
     raise TrainingDiverged(message)
+
+
+def visualize(config, workdir: str | Path, image_index: int = 0) -> dict[str, Path]:
+    """Draws the trained model of ``workdir`` (its best checkpoint, else its latest): first-layer filters, feature maps
+    of every conv/pool layer for test image ``image_index``, the test confusion matrix and misclassified examples.
+    Returns the PNG paths (written into ``workdir``)."""
+    import flax.linen as flax_nn
+
+    from cnnjax import nn as cnn
+
+    workdir = Path(workdir)
+    model = check_config(config)
+    splits = data.load_splits(config.data)
+    steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), config.data.batch_size)
+    optimizer, _, _, _, _ = compiled_steps(config, model, steps_per_epoch)
+    state = init_state(model, optimizer, splits.image_shape, jax.random.key(0))
+    checkpoints = Checkpoints(workdir / "checkpoints", config.train.keep_checkpoints)
+    best = checkpoints.restore_best(state)
+    latest = checkpoints.latest_step()
+    if best is None and latest is None:
+        raise ValueError(f"{workdir} holds no checkpoint to visualize; train first (same --workdir)")
+    state = best[0] if best is not None else checkpoints.restore(latest, state)[0]
+    checkpoints.close()
+    variables = {"params": state["params"], **state["model_state"]}
+    _, scores_fn = LOSSES[config.train.loss]
+    predict = jax.jit(lambda x: jnp.argmax(scores_fn(model.apply(variables, x)), axis=-1))
+    images, labels = splits.test
+    predictions = np.concatenate([np.asarray(predict(images[i : i + 1000])) for i in range(0, len(images), 1000)])
+
+    maps, first_kernel = {}, []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        layer = context.module
+        if context.method_name == "__call__" and isinstance(layer, (cnn.Conv2D, cnn.PartialConv2D, cnn.MaxPool2D,
+                                                                    cnn.Subsampling)):  # fmt: skip
+            maps["/".join(layer.path)] = np.asarray(out[0])
+            if not first_kernel and isinstance(layer, cnn.Conv2D):
+                first_kernel.append("/".join(layer.path))
+        return out
+
+    image_index = image_index % len(images)
+    with flax_nn.intercept_methods(record):
+        model.apply(variables, images[image_index : image_index + 1])
+    names = splits.class_names
+    title = f"{config.model.name} on {config.data.name}"
+    paths = {name: workdir / f"{name}.png" for name in ("filters", "feature_maps", "confusion_matrix", "misclassified")}
+    kernel = state["params"]
+    for part in first_kernel[0].split("/") if first_kernel else []:
+        kernel = kernel[part]
+    if first_kernel:
+        plots.filter_grid(np.asarray(kernel["kernel"]), paths["filters"], f"{title}: first-layer filters ({first_kernel[0]})")
+    else:
+        paths.pop("filters")
+    shown = f"test image {image_index}: {names[labels[image_index]]}, predicted {names[predictions[image_index]]}"
+    plots.feature_maps(images[image_index], maps, paths["feature_maps"], f"{title}, {shown}")
+    accuracy = float(np.mean(predictions == labels))
+    plots.confusion_matrix(labels, predictions, names, paths["confusion_matrix"], f"{title}: test accuracy {100 * accuracy:.2f}%")
+    plots.misclassified(images, labels, predictions, names, paths["misclassified"], title)
+    return paths

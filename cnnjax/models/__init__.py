@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.models.cifar import CifarCNN
+from cnnjax.models.classic import VGG, AlexNet, GoogLeNet, NiN
 from cnnjax.models.lenet import LeNet, LeNet5Classic
 from cnnjax.models.resnet import ResNet
 
@@ -20,6 +21,10 @@ MODELS: dict[str, type[nn.Module]] = {
     "lenet": LeNet,
     "lenet5_classic": LeNet5Classic,
     "cifar_cnn": CifarCNN,
+    "alexnet": AlexNet,
+    "vgg": VGG,
+    "nin": NiN,
+    "googlenet": GoogLeNet,
     "resnet": ResNet,
 }
 

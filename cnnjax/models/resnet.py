@@ -10,24 +10,9 @@ import jax.numpy as jnp
 
 from cnnjax import functional as F
 from cnnjax import nn as cnn
+from cnnjax.models.blocks import normalization
 
 IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-NORMS = ("batch", "group", "layer", "none")
-
-
-def normalization(kind: str, train: bool, name: str):
-    """The normalization layer ``kind`` (batch: running statistics in ``batch_stats``) as a function of x."""
-    if kind == "batch":
-        return cnn.BatchNorm(use_running_average=not train, name=name)
-    if kind == "group":
-        return lambda x: cnn.GroupNorm(num_groups=min(32, x.shape[-1]), name=name)(x)
-    if kind == "layer":
-        return cnn.LayerNorm(name=name)
-    if kind == "none":
-        return lambda x: x
-    raise ValueError(f"model.norm must be one of {NORMS}, got {kind!r}")
-
-
 class BasicBlock(nn.Module):
     """Two 3x3 convs; the shortcut is the identity, or (when the shape changes) a strided 1x1 conv ('projection')
     or the CIFAR paper's option A: subsampling and zero-padded extra channels, which adds no parameters."""

@@ -1,0 +1,30 @@
+"""Building blocks shared by the model zoo: normalization choice and conv-norm-activation."""
+
+from __future__ import annotations
+
+from cnnjax import functional as F
+from cnnjax import nn as cnn
+
+NORMS = ("batch", "group", "layer", "none")
+
+
+def normalization(kind: str, train: bool, name: str):
+    """The normalization layer ``kind`` as a function of x: 'batch' (running statistics in ``batch_stats``),
+    'group' (32 groups, or one per channel below 32), 'layer', or 'none'."""
+    if kind == "batch":
+        return cnn.BatchNorm(use_running_average=not train, name=name)
+    if kind == "group":
+        return lambda x: cnn.GroupNorm(num_groups=min(32, x.shape[-1]), name=name)(x)
+    if kind == "layer":
+        return cnn.LayerNorm(name=name)
+    if kind == "none":
+        return lambda x: x
+    raise ValueError(f"model.norm must be one of {NORMS}, got {kind!r}")
+
+
+def conv_norm_relu(x, features: int, kernel, *, name: str, norm: str, train: bool, stride=1, padding="SAME"):
+    """Conv2D (no bias when normalized) -> normalization -> ReLU."""
+    conv = cnn.Conv2D(
+        features, kernel, stride=stride, padding=padding, use_bias=norm == "none", kernel_init=F.he_normal(), name=name
+    )
+    return F.relu(normalization(norm, train, f"{name}_norm")(conv(x)))

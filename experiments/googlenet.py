@@ -1,0 +1,25 @@
+"""GoogLeNet (Inception v1 blocks with 1x1 reductions) at half width, with batch norm, on Fashion-MNIST.
+
+    python launch.py --experiment=googlenet
+    python launch.py --experiment=googlenet --config.model.width=1.0   # the paper's branch widths
+
+SGD with Nesterov momentum, L2 5e-4, cosine schedule with warmup, random crops and flips. Accuracy and time on this
+machine were not measured in the session that added it (see the README's results table).
+"""
+
+from cnnjax.config import base_config, model_config
+
+
+def get_config():
+    config = base_config()
+    config.model = model_config("googlenet", width=0.5)
+    config.data.random_crop_padding = 2
+    config.data.random_flip = True
+    config.optim.name = "nesterov"
+    config.optim.learning_rate = 0.05
+    config.optim.l2 = 5e-4
+    config.optim.schedule = "cosine"
+    config.optim.warmup_epochs = 1.0
+    config.train.num_epochs = 30
+    config.lock()
+    return config

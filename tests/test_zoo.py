@@ -1,0 +1,94 @@
+"""The model zoo: shapes on 28x28x1 and 32x32x3, parameter counts from the literature, one train step each, clear
+errors, and the visualizations of a tiny run."""
+
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+import pytest
+
+from cnnjax import functional as F
+from cnnjax import models, summary, train
+from tests.test_train import small_config
+
+KEY = jax.random.key(0)
+ZOO = ["lenet", "cifar_cnn", "alexnet", "vgg", "nin", "googlenet", "resnet"]
+
+
+def count(params) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_every_model_works_on_both_input_shapes_and_has_a_summary(name, shape):
+    model = models.get(name)
+    variables = models.abstract_init(model, shape)
+    out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+    assert out.shape == (2, 10)
+    rows = summary.summarize(model, shape)
+    assert sum(r["trainable"] for r in rows) == count(variables["params"])
+    assert all(r["flops"] > 0 for r in rows if r["params"])
+
+
+@pytest.mark.parametrize(
+    "name,fields,shape,expected",
+    [
+        ("resnet", dict(depth=20), (32, 32, 3), 269_722),
+        ("resnet", dict(depth=56), (32, 32, 3), 853_018),
+        ("resnet", dict(depth=18, stem="imagenet", num_classes=1000), (224, 224, 3), 11_689_512),
+        ("vgg", dict(depth=16, width=1.0, norm="none", head="imagenet", num_classes=1000), (224, 224, 3), 138_357_544),
+    ],
+)
+def test_parameter_counts_match_the_literature(name, fields, shape, expected):
+    assert count(models.abstract_init(models.get(name, **fields), shape)["params"]) == expected
+
+
+@pytest.mark.parametrize("name", ZOO[2:])
+def test_one_train_step_on_tiny_data_lowers_the_loss(name):
+    model = models.get(name)
+    x = jax.random.normal(KEY, (4, 28, 28, 1))
+    y = jnp.array([0, 1, 2, 3])
+    variables = model.init(KEY, x)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True, rngs={"dropout": KEY}, mutable=["batch_stats"])
+        return jnp.mean(F.softmax_cross_entropy(logits, y))
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    params = jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, variables["params"], grads)
+    assert np.isfinite(float(value)) and float(loss(params)) < float(value)
+
+
+def test_batch_norm_models_keep_running_statistics():
+    variables = models.get("resnet").init(KEY, jnp.ones((2, 28, 28, 1)))
+    assert "batch_stats" in variables and count(variables["batch_stats"]) > 0
+    for norm in ("group", "layer", "none"):
+        assert "batch_stats" not in models.get("resnet", norm=norm).init(KEY, jnp.ones((2, 28, 28, 1)))
+
+
+@pytest.mark.parametrize(
+    "name,fields,message",
+    [
+        ("resnet", dict(depth=21), r"the CIFAR ResNets have depth 6n \+ 2"),
+        ("resnet", dict(depth=21, stem="imagenet"), "the ImageNet ResNets have depth"),
+        ("vgg", dict(depth=12), "VGG has depth"),
+        ("resnet", dict(norm="instance"), "model.norm must be one of"),
+        ("vgg", dict(head="mlp"), "model.head must be 'imagenet' or 'cifar'"),
+        ("alexnet", dict(filters=(64, 0, 384, 256, 256)), r"Conv2D 'conv2': the number of filters must be >= 1"),
+    ],
+)
+def test_impossible_hyperparameters_are_clear_errors(name, fields, message):
+    with pytest.raises(ValueError, match=message):
+        models.abstract_init(models.get(name, **fields), (28, 28, 1))
+
+
+def test_visualizations_of_a_tiny_run(tmp_path):
+    config = small_config(tmp_path, num_epochs=1)
+    with jax.numpy_dtype_promotion("standard"):
+        train.train_and_evaluate(config, tmp_path / "run")
+        paths = train.visualize(config, tmp_path / "run", image_index=3)
+    assert set(paths) == {"filters", "feature_maps", "confusion_matrix", "misclassified"}
+    for path in paths.values():
+        height, width = matplotlib.image.imread(path).shape[:2]
+        assert height >= 200 and width >= 200
