@@ -107,18 +107,19 @@ def launch_worker(tmp_path, storage, *extra):
     overrides = [f"--config.{k}={v}" for k, v in (
         ("data.name", "mnist"), ("data.data_dir", tmp_path / "src"), ("data.tfds_dir", tmp_path / "tfds"),
         ("data.batch_size", 16), ("data.eval_batch_size", 8), ("train.log_every", 2), ("train.checkpoint_every", 2),
+        ("train.num_epochs", 2),
     )]  # fmt: skip
-    command = [sys.executable, "launch.py", "--experiment=lenet", "--sweep=architecture",
+    command = [sys.executable, "launch.py", "--experiment=lenet", "--sweep=optimization",
                f"--workdir={tmp_path / 'sweep'}", f"--study_storage={storage}", *overrides, *extra]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def check_study(storage, tmp_path):
-    study = optuna.load_study(study_name="lenet-architecture", storage=storage)
+    study = optuna.load_study(study_name="lenet-optimization", storage=storage)
     complete = [t.params["trial_index"] for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
-    assert sorted(complete) == list(range(8))  # every grid point exactly once
+    assert sorted(complete) == list(range(12))  # every grid point exactly once
     rows = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("trial_*/results.json")]
-    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    assert len(rows) == 12 and all(r["status"] == "done" for r in rows)
     assert (tmp_path / "sweep" / "results.md").exists()
 
 
