@@ -9,19 +9,12 @@ Throughput here: about 180-250 images/s on the 2-core CPU, so an epoch of Fashio
 accuracy of a full run was not measured in the session that added it (see the README's results table).
 """
 
-from cnnjax.config import base_config, model_config
+from cnnjax.config import base_config, model_config, modern_recipe
 
 
 def get_config():
     config = base_config()
     config.model = model_config("resnet", depth=20)
-    config.data.random_crop_padding = 2
-    config.data.random_flip = True
-    config.optim.name = "nesterov"
-    config.optim.learning_rate = 0.1
-    config.optim.l2 = 5e-4
-    config.optim.schedule = "cosine"
-    config.optim.warmup_epochs = 1.0
-    config.train.num_epochs = 30
+    modern_recipe(config, learning_rate=0.1, num_epochs=30)
     config.lock()
     return config

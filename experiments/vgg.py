@@ -7,19 +7,12 @@ Random crops and flips, SGD with Nesterov momentum, L2 5e-4, cosine schedule. Ac
 not measured in the session that added it (see the README's results table).
 """
 
-from cnnjax.config import base_config, model_config
+from cnnjax.config import base_config, model_config, modern_recipe
 
 
 def get_config():
     config = base_config()
     config.model = model_config("vgg", depth=16, width=0.25, norm="batch")
-    config.data.random_crop_padding = 2
-    config.data.random_flip = True
-    config.optim.name = "nesterov"
-    config.optim.learning_rate = 0.05
-    config.optim.l2 = 5e-4
-    config.optim.schedule = "cosine"
-    config.optim.warmup_epochs = 1.0
-    config.train.num_epochs = 30
+    modern_recipe(config, learning_rate=0.05, num_epochs=30)
     config.lock()
     return config
