@@ -23,12 +23,21 @@ EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 flags.DEFINE_string("experiment", None, "the experiment to run: experiments/<NAME>.py")
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
-flags.DEFINE_bool("visualize", False, "after training (or for the finished run in --workdir), draw filters, feature "
-                  "maps, the confusion matrix and misclassified examples into the run directory")
+flags.DEFINE_bool(
+    "visualize",
+    False,
+    "after training (or for the finished run in --workdir), draw filters, feature "
+    "maps, the confusion matrix and misclassified examples into the run directory",
+)
 flags.DEFINE_integer("visualize_image", 0, "the test image whose feature maps --visualize draws")
 flags.DEFINE_string("sweep", None, "run the experiment's sweep of this name ('default': its first)")
-flags.DEFINE_enum("sweep_executor", "sequential", ["sequential", "vectorized"], "how a sweep's trials run locally "
-                  "(vectorized: one vmapped program per group of trials that differ only in optimizer values and seed)")
+flags.DEFINE_enum(
+    "sweep_executor",
+    "sequential",
+    ["sequential", "vectorized"],
+    "how a sweep's trials run locally "
+    "(vectorized: one vmapped program per group of trials that differ only in optimizer values and seed)",
+)
 flags.DEFINE_integer("sweep_trial", None, "run only this trial index of the sweep")
 flags.DEFINE_string("study_storage", None, "Optuna storage shared by sweep workers: a journal file path or a "
                     "postgresql:// URL; each launch is one worker")  # fmt: skip
@@ -112,7 +121,9 @@ def run_sweep(config) -> None:
     sweeps = module.sweeps() if hasattr(module, "sweeps") else {}
     name = next(iter(sweeps), None) if FLAGS.sweep == "default" else FLAGS.sweep
     if name not in sweeps:
-        sys.exit(f"experiment {FLAGS.experiment!r} has no sweep {FLAGS.sweep!r}; its sweeps: {', '.join(sweeps) or 'none'}")
+        sys.exit(
+            f"experiment {FLAGS.experiment!r} has no sweep {FLAGS.sweep!r}; its sweeps: {', '.join(sweeps) or 'none'}"
+        )
     points = sweeps[name]
     sweep_dir = Path(FLAGS.workdir or Path("runs") / FLAGS.experiment / f"sweep-{name}")
     if FLAGS.study_storage:

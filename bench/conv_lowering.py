@@ -59,16 +59,24 @@ def main() -> None:
         w = jax.random.normal(key, kernel_shape)
         t = median_times(
             {
-                lowering: fwd_bwd(lambda x, w, l=lowering: F.conv2d(x, w, padding=padding, stride=stride, lowering=l))
+                lowering: fwd_bwd(
+                    lambda x, w, lo=lowering, p=padding, s=stride: F.conv2d(x, w, padding=p, stride=s, lowering=lo)
+                )
                 for lowering in F.CONV_LOWERINGS
             },
             (x, w),
             args.rounds,
         )
-        print(f"{name:>32}: xla {1e3 * t['xla']:7.2f}  patches {1e3 * t['patches']:7.2f}  ratio {t['xla'] / t['patches']:.2f}x")
+        print(
+            f"{name:>32}: xla {1e3 * t['xla']:7.2f}  patches {1e3 * t['patches']:7.2f}  ratio {t['xla'] / t['patches']:.2f}x"
+        )
     for shape in ((28, 28, 6), (28, 28, 32), (16, 16, 64)):
         x = jax.random.normal(key, (BATCH, *shape))
-        window = jax.jit(jax.grad(lambda x: jnp.sum(F._window_reduce(x, -jnp.inf, jax.lax.max, (2, 2), (2, 2), ((0, 0), (0, 0))) ** 2)))
+        window = jax.jit(
+            jax.grad(
+                lambda x: jnp.sum(F._window_reduce(x, -jnp.inf, jax.lax.max, (2, 2), (2, 2), ((0, 0), (0, 0))) ** 2)
+            )
+        )
         tiles = jax.jit(jax.grad(lambda x: jnp.sum(F.max_pool(x, 2) ** 2)))
         t = median_times({"reduce_window": window, "tiles": tiles}, (x,), args.rounds)
         print(f"{'max_pool 2x2 on ' + 'x'.join(map(str, shape)):>32}: reduce_window {1e3 * t['reduce_window']:7.2f}  "

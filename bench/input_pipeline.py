@@ -39,7 +39,9 @@ def main() -> None:
         prepare_s = timed(lambda: data.prepare("fashion_mnist", tfds_dir=tfds_dir))
         load_s = timed(lambda: (data.load("fashion_mnist", "train", tfds_dir=tfds_dir),
                                 data.load("fashion_mnist", "test", tfds_dir=tfds_dir)))  # fmt: skip
-    print(f"prepare Fashion-MNIST from Debian's files: {prepare_s:.1f} s; load train+test once prepared: {load_s:.1f} s")
+    print(
+        f"prepare Fashion-MNIST from Debian's files: {prepare_s:.1f} s; load train+test once prepared: {load_s:.1f} s"
+    )
 
     config = base_config()
     images, labels = data.load("fashion_mnist", "train")

@@ -31,7 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
         {
             "name": "fashion_mnist",  # a TFDS name
             "data_dir": ml_collections.config_dict.placeholder(str),  # a directory with the original files
-            "tfds_dir": ml_collections.config_dict.placeholder(str),  # TFDS's data directory (default ~/tensorflow_datasets)
+            "tfds_dir": ml_collections.config_dict.placeholder(
+                str
+            ),  # TFDS's data directory (default ~/tensorflow_datasets)
             "batch_size": 128,
             "eval_batch_size": 1000,
             "validation_fraction": 0.1,  # held out from train, deterministically (split_seed)

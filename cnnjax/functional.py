@@ -57,8 +57,7 @@ def _padding_per_dim(padding: Padding) -> tuple:
     if len(padding) == 2 and all(not isinstance(p, (int, str)) and len(p) == 2 for p in padding):
         return tuple(tuple(p) for p in padding)
     raise ValueError(
-        "padding must be 'SAME', 'VALID', an int p, a pair (ph, pw) or ((top, bottom), (left, right)), "
-        f"got {padding!r}"
+        f"padding must be 'SAME', 'VALID', an int p, a pair (ph, pw) or ((top, bottom), (left, right)), got {padding!r}"
     )
 
 
@@ -401,9 +400,7 @@ def lrn(x: Array, *, depth_radius: int = 5, bias: float = 1.0, alpha: float = 1.
         raise ValueError(f"lrn: depth_radius must be >= 0, got {depth_radius}")
     window = 2 * depth_radius + 1
     pads = ((0, 0),) * (x.ndim - 1) + ((depth_radius, depth_radius),)
-    squares = lax.reduce_window(
-        x * x, 0.0, lax.add, (1,) * (x.ndim - 1) + (window,), (1,) * x.ndim, pads
-    )
+    squares = lax.reduce_window(x * x, 0.0, lax.add, (1,) * (x.ndim - 1) + (window,), (1,) * x.ndim, pads)
     return x / (bias + alpha * squares) ** beta
 
 

@@ -82,7 +82,13 @@ class NullWriter:
 def progress_bar(total: int, initial: int, description: str, enabled: bool = True) -> tqdm:
     """A progress bar over the steps of one epoch; it disappears when the epoch ends."""
     return tqdm(
-        total=total, initial=initial, desc=description, leave=False, dynamic_ncols=True, unit="step", disable=not enabled
+        total=total,
+        initial=initial,
+        desc=description,
+        leave=False,
+        dynamic_ncols=True,
+        unit="step",
+        disable=not enabled,
     )
 
 

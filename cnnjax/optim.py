@@ -46,6 +46,8 @@ def scale_by_scheduled_rate(learning_rate, schedule: optax.Schedule) -> optax.Gr
         return updates, ScheduledRateState(state.count + 1, rate)
 
     return optax.GradientTransformation(init, update)
+
+
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 

@@ -69,7 +69,9 @@ def overlaid_learning_curves(runs: dict[str, list[dict]], path: str | Path) -> N
     """Validation accuracy per epoch of every trial of a sweep, overlaid."""
     figure, axis = plt.subplots(figsize=(8, 5))
     for name, records in runs.items():
-        points = [(r["epoch"], 100 * r["val_accuracy"]) for r in records if r["kind"] == "epoch" and "val_accuracy" in r]
+        points = [
+            (r["epoch"], 100 * r["val_accuracy"]) for r in records if r["kind"] == "epoch" and "val_accuracy" in r
+        ]
         if points:
             axis.plot(*zip(*points), "-", alpha=0.7, label=name[:40])
     axis.set_xlabel("epoch")
@@ -120,7 +122,9 @@ def filter_grid(kernel: np.ndarray, path: str | Path, title: str) -> None:
     plt.close(figure)
 
 
-def feature_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: str | Path, title: str, per_layer: int = 8) -> None:
+def feature_maps(
+    image: np.ndarray, maps: dict[str, np.ndarray], path: str | Path, title: str, per_layer: int = 8
+) -> None:
     """The input image and, one row per layer, its first ``per_layer`` feature maps (H, W, C) for that image."""
     rows = len(maps) + 1
     figure, axes = plt.subplots(rows, per_layer, figsize=(1.5 * per_layer + 1, 1.5 * rows + 0.6), squeeze=False)
@@ -170,8 +174,12 @@ def misclassified(images, labels, predictions, class_names, path: str | Path, ti
         axis.axis("off")
     for axis, index in zip(axes.flat, wrong):
         image = images[index]
-        axis.imshow(image[..., 0] if image.shape[-1] == 1 else (image - image.min()) / (np.ptp(image) or 1.0), cmap="gray")
-        axis.set_title(f"{class_names[predictions[index]]}\n({class_names[labels[index]]})", fontsize=7, color="firebrick")
+        axis.imshow(
+            image[..., 0] if image.shape[-1] == 1 else (image - image.min()) / (np.ptp(image) or 1.0), cmap="gray"
+        )
+        axis.set_title(
+            f"{class_names[predictions[index]]}\n({class_names[labels[index]]})", fontsize=7, color="firebrick"
+        )
     figure.suptitle(f"{title}: predicted (true)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -30,7 +30,11 @@ from optuna.trial import TrialState
 from cnnjax import metrics, sweep, train
 
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}
+PRUNERS = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -124,7 +124,9 @@ def summarize(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> li
     rows, fields = [], [((1, *image_shape), (1, 1), (1, 1))]  # (output shape, receptive field, jump) per row
     for module, in_shape, out_shape in calls:
         connections, flops, window, stride = _COUNTS[type(module)](module, in_shape, out_shape)
-        source_rf, source_jump = next(((rf, jump) for shape, rf, jump in reversed(fields) if shape == in_shape), fields[-1][1:])
+        source_rf, source_jump = next(
+            ((rf, jump) for shape, rf, jump in reversed(fields) if shape == in_shape), fields[-1][1:]
+        )
         if window is None:
             rf, jump = image_shape[:2], source_jump
         else:
@@ -166,15 +168,17 @@ def format_summary(rows: list[dict]) -> str:
         for r in rows
     ]
     totals = {key: sum(r[key] for r in rows) for key in ("params", "trainable", "connections", "flops")}
-    lines.append(
-        ("total", "", "", *(f"{totals[k]:,}" for k in ("params", "trainable", "connections", "flops")), "")
-    )
+    lines.append(("total", "", "", *(f"{totals[k]:,}" for k in ("params", "trainable", "connections", "flops")), ""))
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     rule = "  ".join("-" * w for w in widths)
     table = [header, None, *lines[:-1], None, lines[-1]]
     out = []
     for line in table:
-        out.append(rule if line is None else "  ".join(f"{cell:<{w}}" if i < 2 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(line, widths))))
+        out.append(
+            rule
+            if line is None
+            else "  ".join(f"{cell:<{w}}" if i < 2 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(line, widths)))
+        )
     fixed = totals["params"] - totals["trainable"]
     out.append(f"{totals['params']:,} parameters: {totals['trainable']:,} trainable, {fixed:,} fixed")
     return "\n".join(out)

@@ -52,7 +52,9 @@ def zipped(**axes: Sequence) -> list[Point]:
     """The i-th values of every axis together; all axes must have the same length."""
     lengths = {len(v) for v in axes.values()}
     if len(lengths) > 1:
-        raise ValueError(f"zipped: all axes need the same number of values, got {dict((k, len(v)) for k, v in axes.items())}")
+        raise ValueError(
+            f"zipped: all axes need the same number of values, got {dict((k, len(v)) for k, v in axes.items())}"
+        )
     keys = [k.replace("__", ".") for k in axes]
     return [dict(zip(keys, values)) for values in zip(*axes.values())]
 
@@ -110,7 +112,9 @@ def trial_config(base, point: Point):
     known = set(config_lib.flat_keys(config))
     for key, value in point.items():
         if key not in known:
-            raise ValueError(f"sweep key {key!r} is not a config key; closest: {', '.join(config_lib.closest_keys(key, config))}")
+            raise ValueError(
+                f"sweep key {key!r} is not a config key; closest: {', '.join(config_lib.closest_keys(key, config))}"
+            )
         section, name = key.rsplit(".", 1)
         target = config
         for part in section.split("."):
@@ -121,7 +125,9 @@ def trial_config(base, point: Point):
 
 def trial_name(index: int, point: Point) -> str:
     """A readable, filesystem-safe directory name: ``trial_007_filters=16-32_kernel_size=3``."""
-    parts = [f"{k.split('.')[-1]}={'-'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in point.items()]
+    parts = [
+        f"{k.split('.')[-1]}={'-'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in point.items()
+    ]
     return re.sub(r"[^A-Za-z0-9_.=-]", "", f"trial_{index:03d}_" + "_".join(parts))[:120]
 
 
@@ -223,11 +229,7 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         train_time += elapsed
         alive_host, learning_rates = np.asarray(alive), np.asarray(step_metrics["learning_rate"])
         improved = (val[:, 1] > best) & alive_host & ~stopped
-        best_params = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-            state["params"],
-            best_params,
-        )
+        best_params = _where_members(improved, state["params"], best_params)
         for m in range(k):
             if improved[m]:
                 best[m], best_epoch[m], waiting[m] = val[m, 1], epoch + 1, 0
@@ -248,7 +250,9 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         )
         if np.all(stopped | ~alive_host):
             break
-    test = _group_evaluate(group_eval, {**state, "params": best_params}, test_images, test_labels, base.data.eval_batch_size)
+    test = _group_evaluate(
+        group_eval, {**state, "params": best_params}, test_images, test_labels, base.data.eval_batch_size
+    )
     results = []
     for m, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers)):
         if alive_host[m]:
@@ -277,6 +281,11 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         metrics.write_json(workdir / "results.json", result)
         results.append(result)
     return results
+
+
+def _where_members(mask: np.ndarray, new, old):
+    """Per member k of stacked trees: ``new`` where ``mask[k]``, else ``old``."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
 @functools.lru_cache(maxsize=8)
@@ -345,7 +354,9 @@ def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "se
                     train_group([configs[i] for i in chunk], [dirs[i] for i in chunk])
                 except Exception as error:  # noqa: BLE001 - the group's trials are recorded as failed
                     for i in chunk:
-                        metrics.write_json(dirs[i] / "results.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+                        metrics.write_json(
+                            dirs[i] / "results.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+                        )
     else:
         for i in todo:
             run_trial(configs[i], dirs[i])
@@ -379,7 +390,9 @@ def write_report(sweep_dir: Path, points: list[Point], dirs: list[Path]) -> list
     (sweep_dir / "results.md").write_text("\n".join(table) + "\n")
     axes = list(points[0]) if points else []
     plots.sweep_heatmap(rows, axes, sweep_dir / "heatmap.png")
-    plots.overlaid_learning_curves({d.name: metrics.read_records(d / "metrics.jsonl") for d in dirs}, sweep_dir / "learning_curves.png")
+    plots.overlaid_learning_curves(
+        {d.name: metrics.read_records(d / "metrics.jsonl") for d in dirs}, sweep_dir / "learning_curves.png"
+    )
     return rows
 
 
@@ -407,6 +420,7 @@ def _cell(value) -> str:
 
 def best_command(experiment: str, point: Point, extra: Sequence[str] = ()) -> str:
     """The launch command that reruns one trial on its own."""
-    overrides = " ".join(f"--config.{k}='{v}'" if isinstance(v, (tuple, list)) else f"--config.{k}={v}" for k, v in point.items())
+    overrides = " ".join(
+        f"--config.{k}='{v}'" if isinstance(v, (tuple, list)) else f"--config.{k}={v}" for k, v in point.items()
+    )
     return " ".join(["python launch.py", f"--experiment={experiment}", overrides, *extra]).strip()
-

@@ -257,7 +257,10 @@ def _epoch_line(record: dict, num_epochs: int) -> str:
     )
     if "val_loss" in record:
         line += f"  val loss {record['val_loss']:.4f} acc {100 * record['val_accuracy']:6.2f}%"
-    return line + f"  lr {record['learning_rate']:.2e}  {record['elapsed_s']:6.1f} s  {record['images_per_sec']:,.0f} img/s"
+    return (
+        line
+        + f"  lr {record['learning_rate']:.2e}  {record['elapsed_s']:6.1f} s  {record['images_per_sec']:,.0f} img/s"
+    )
 
 
 def train_and_evaluate(config, workdir: str | Path, epoch_callback=None) -> dict:
@@ -345,7 +348,9 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 first_step_s = time.time() - started
             if step % c.log_every == 0 or i == steps_per_epoch - 1:
                 elapsed = time.time() - interval_start
-                record = _train_record(step, epoch, step_metrics, state["epoch_sums"], interval_steps * batch_size / elapsed)
+                record = _train_record(
+                    step, epoch, step_metrics, state["epoch_sums"], interval_steps * batch_size / elapsed
+                )
                 if not all(math.isfinite(record[k]) for k in ("loss", "epoch_loss", "grad_norm")):
                     bar.close()
                     _diverged(workdir, step, record, checkpoints, writer)
@@ -495,12 +500,16 @@ def visualize(config, workdir: str | Path, image_index: int = 0) -> dict[str, Pa
     for part in first_kernel[0].split("/") if first_kernel else []:
         kernel = kernel[part]
     if first_kernel:
-        plots.filter_grid(np.asarray(kernel["kernel"]), paths["filters"], f"{title}: first-layer filters ({first_kernel[0]})")
+        plots.filter_grid(
+            np.asarray(kernel["kernel"]), paths["filters"], f"{title}: first-layer filters ({first_kernel[0]})"
+        )
     else:
         paths.pop("filters")
     shown = f"test image {image_index}: {names[labels[image_index]]}, predicted {names[predictions[image_index]]}"
     plots.feature_maps(images[image_index], maps, paths["feature_maps"], f"{title}, {shown}")
     accuracy = float(np.mean(predictions == labels))
-    plots.confusion_matrix(labels, predictions, names, paths["confusion_matrix"], f"{title}: test accuracy {100 * accuracy:.2f}%")
+    plots.confusion_matrix(
+        labels, predictions, names, paths["confusion_matrix"], f"{title}: test accuracy {100 * accuracy:.2f}%"
+    )
     plots.misclassified(images, labels, predictions, names, paths["misclassified"], title)
     return paths

@@ -115,7 +115,11 @@ def test_pool_forward_and_gradient_match_reference(x64, rng, m, h, w, c, f, stri
 def test_reference_conv_backward_matches_finite_differences_with_and_without_padding(x64, rng):
     """The oracle itself is right: its gradients equal central finite differences, for pad=0 too."""
     for pad in (0, 1):
-        x, w, b = rng.standard_normal((1, 4, 4, 2)), rng.standard_normal((2, 2, 2, 2)), rng.standard_normal((1, 1, 1, 2))
+        x, w, b = (
+            rng.standard_normal((1, 4, 4, 2)),
+            rng.standard_normal((2, 2, 2, 2)),
+            rng.standard_normal((1, 1, 1, 2)),
+        )
         z, cache = ref.conv_forward(x, w, b, 1, pad)
         dz = rng.standard_normal(z.shape)
         dx, dw, db = ref.conv_backward(dz, cache)

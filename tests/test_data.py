@@ -203,8 +203,17 @@ def test_real_debian_fashion_mnist(tmp_path_factory):
 def data_config(**overrides):
     config = ml_collections.ConfigDict(
         dict(
-            name="mnist", data_dir=None, tfds_dir=None, validation_fraction=0.2, validation_size=0, split_seed=0,
-            balance="none", pad_to=0, standardize=True, zca=False, zca_epsilon=0.1,
+            name="mnist",
+            data_dir=None,
+            tfds_dir=None,
+            validation_fraction=0.2,
+            validation_size=0,
+            split_seed=0,
+            balance="none",
+            pad_to=0,
+            standardize=True,
+            zca=False,
+            zca_epsilon=0.1,
         )  # fmt: skip
     )
     config.update(overrides)
@@ -258,7 +267,9 @@ def test_zca_whitening_gives_identity_covariance_on_train():
 
 def test_padding_centres_the_image():
     padded = pipeline.pad_images(np.ones((1, 28, 28, 1)), 32)
-    assert padded.shape == (1, 32, 32, 1) and padded.sum() == 784 and padded[0, 2, 2, 0] == 1 and padded[0, 1, 1, 0] == 0
+    assert (
+        padded.shape == (1, 32, 32, 1) and padded.sum() == 784 and padded[0, 2, 2, 0] == 1 and padded[0, 1, 1, 0] == 0
+    )
     with pytest.raises(ValueError, match="data.pad_to=20 is smaller"):
         pipeline.pad_images(np.ones((1, 28, 28, 1)), 20)
 

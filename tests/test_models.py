@@ -53,11 +53,21 @@ def test_lenet5_classic_reproduces_the_1998_table():
         "F6": (10_164, 10_164, (84,)),
     }
     for name, (params, connections, shape) in paper.items():
-        assert (rows[name]["params"], rows[name]["connections"], rows[name]["output_shape"]) == (params, connections, shape)
+        assert (rows[name]["params"], rows[name]["connections"], rows[name]["output_shape"]) == (
+            params,
+            connections,
+            shape,
+        )
     assert rows["output"]["params"] == 840 and rows["output"]["trainable"] == 0
     assert sum(r["params"] for r in rows.values()) == 60_840
     assert sum(r["trainable"] for r in rows.values()) == 60_000
-    assert [rows[n]["receptive_field"] for n in ("C1", "S2", "C3", "S4", "C5")] == [(5, 5), (6, 6), (14, 14), (16, 16), (32, 32)]
+    assert [rows[n]["receptive_field"] for n in ("C1", "S2", "C3", "S4", "C5")] == [
+        (5, 5),
+        (6, 6),
+        (14, 14),
+        (16, 16),
+        (32, 32),
+    ]
     text = summary.format_summary(list(rows.values()))
     assert "122,304" in text and "60,840 parameters: 60,000 trainable, 840 fixed" in text
 
@@ -77,7 +87,9 @@ def test_rbf_codes_are_distinct_plus_minus_one_bitmaps():
 
 
 def test_modern_lenet_is_configurable_and_summary_counts_flops():
-    model = models.get("lenet", filters=(8, 16, 32), kernel_size=3, padding="SAME", pool="avg", activation="tanh", hidden=(64,))
+    model = models.get(
+        "lenet", filters=(8, 16, 32), kernel_size=3, padding="SAME", pool="avg", activation="tanh", hidden=(64,)
+    )
     rows = summary.summarize(model, (28, 28, 1))
     assert [r["name"] for r in rows] == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "fc1", "logits"]
     assert rows[4]["output_shape"] == (7, 7, 32) and rows[5]["output_shape"] == (3, 3, 32)

@@ -46,7 +46,9 @@ def test_pool_modules_call_functional_ops():
     )
     np.testing.assert_array_equal(cnn.GlobalAvgPool().apply({}, x), F.global_avg_pool(x))
     np.testing.assert_array_equal(cnn.GlobalMaxPool().apply({}, x), F.global_max_pool(x))
-    np.testing.assert_array_equal(cnn.LRN(2, 2.0, 1e-4, 0.75).apply({}, x), F.lrn(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75))
+    np.testing.assert_array_equal(
+        cnn.LRN(2, 2.0, 1e-4, 0.75).apply({}, x), F.lrn(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+    )
     assert cnn.Flatten().apply({}, x).shape == (2, 108)
 
 

@@ -66,7 +66,9 @@ def test_sequential_sweep_records_failures_resumes_and_reports(tmp_path, monkeyp
     metrics.write_json(dirs[2] / "results.json", {"status": "running"})
     calls = []
     real = train.train_and_evaluate
-    monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir, **kw: calls.append(workdir) or real(config, workdir, **kw))
+    monkeypatch.setattr(
+        train, "train_and_evaluate", lambda config, workdir, **kw: calls.append(workdir) or real(config, workdir, **kw)
+    )
     sweep.run_sweep(base, points, tmp_path / "sweep", executor="sequential")
     assert calls == [dirs[2]]
 
@@ -165,10 +167,14 @@ def postgres_url():
                                str(home), "-h", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.time() + 60
-        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode:
+        while subprocess.run(
+            [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+        ).returncode:
             assert time.time() < deadline, "PostgreSQL did not start"
             time.sleep(0.2)
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cnnjax"], check=True)
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cnnjax"], check=True
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/cnnjax"
     finally:
         server.terminate()

@@ -138,7 +138,9 @@ def test_kill_9_during_training_then_resume_matches_uninterrupted(tmp_path):
     process = subprocess.Popen(command + overrides, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     periodic = tmp_path / "killed" / "checkpoints" / "periodic"
     deadline = time.time() + 120
-    while time.time() < deadline and not (periodic.exists() and len([p for p in periodic.iterdir() if p.name.isdigit()]) >= 3):
+    while time.time() < deadline and not (
+        periodic.exists() and len([p for p in periodic.iterdir() if p.name.isdigit()]) >= 3
+    ):
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -199,7 +201,10 @@ def test_bad_config_values_are_rejected_before_loading_data(tmp_path, section, k
 # ----------------------------------------------------------------------------------------------------------------------
 
 PARAMS = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.1, -0.2])}
-GRADS = [{"kernel": jnp.array([[0.3, -0.1], [0.2, 0.4]]) * (i + 1), "bias": jnp.array([0.05, -0.5]) * (i + 1)} for i in range(4)]
+GRADS = [
+    {"kernel": jnp.array([[0.3, -0.1], [0.2, 0.4]]) * (i + 1), "bias": jnp.array([0.05, -0.5]) * (i + 1)}
+    for i in range(4)
+]
 
 
 def run_optimizer(optimizer):
@@ -250,7 +255,9 @@ def test_coupled_l2_equals_adding_the_penalty_to_the_loss():
 
 def test_schedules_with_warmup():
     def lr(**overrides):
-        return optim.learning_rate_schedule(optim_config(learning_rate=1.0, **overrides), steps_per_epoch=10, num_epochs=10)
+        return optim.learning_rate_schedule(
+            optim_config(learning_rate=1.0, **overrides), steps_per_epoch=10, num_epochs=10
+        )
 
     assert float(lr()(57)) == 1.0
     warm = lr(warmup_epochs=1.0)
@@ -310,7 +317,9 @@ def test_launcher_overrides_summary_and_errors():
     result = launch("--experiment=lenet5_classic", "--summary")
     assert "60,840 parameters: 60,000 trainable, 840 fixed" in result.stdout
     result = launch("--experiment=lenet", "--config.optim.lr=0.1")
-    assert result.returncode != 0 and "unknown config key 'optim.lr'; closest keys: optim.learning_rate" in result.stderr
+    assert (
+        result.returncode != 0 and "unknown config key 'optim.lr'; closest keys: optim.learning_rate" in result.stderr
+    )
     result = launch("--experiment=lenett")
     assert result.returncode != 0 and "unknown experiment 'lenett'; available: alexnet, cifar_cnn" in result.stderr
     assert "lenet, lenet5_classic" in result.stderr

@@ -52,7 +52,9 @@ def test_one_train_step_on_tiny_data_lowers_the_loss(name):
     variables = jax.jit(model.init)(KEY, x)  # eager op-by-op init of the deeper models is slow
 
     def loss(params):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True, rngs={"dropout": KEY}, mutable=["batch_stats"])
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, rngs={"dropout": KEY}, mutable=["batch_stats"]
+        )
         return jnp.mean(F.softmax_cross_entropy(logits, y))
 
     value_and_grad = jax.jit(jax.value_and_grad(loss))

@@ -136,9 +136,7 @@ def load_splits(config) -> Splits:
     spec = DATASETS.get(config.name)
     num_classes = int(max(y.max(initial=0) for y in labels)) + 1
     class_names = spec.class_names if spec else tuple(str(c) for c in range(num_classes))
-    return Splits(
-        (train_images, labels[0]), (val_images, labels[1]), (test_images, labels[2]), tuple(class_names)
-    )
+    return Splits((train_images, labels[0]), (val_images, labels[1]), (test_images, labels[2]), tuple(class_names))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -149,9 +147,7 @@ def load_splits(config) -> Splits:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Full training batches per epoch (the last partial batch is dropped)."""
     if batch_size < 1 or num_examples < batch_size:
-        raise DataError(
-            f"data.batch_size={batch_size} must be between 1 and the {num_examples} training examples"
-        )
+        raise DataError(f"data.batch_size={batch_size} must be between 1 and the {num_examples} training examples")
     return num_examples // batch_size
 
 

@@ -182,7 +182,9 @@ def parse_cifar_binary(data: bytes, label_bytes: int, origin: str) -> tuple[np.n
     """Records of ``label_bytes`` label bytes (CIFAR-100: coarse, fine) then 3072 image bytes; the last label wins."""
     record = label_bytes + 3072
     if not data or len(data) % record:
-        raise DataError(f"{origin} is truncated or corrupt: {len(data)} bytes is not a multiple of {record}-byte records")
+        raise DataError(
+            f"{origin} is truncated or corrupt: {len(data)} bytes is not a multiple of {record}-byte records"
+        )
     rows = np.frombuffer(data, np.uint8).reshape(-1, record)
     return _cifar_images(rows[:, label_bytes:]), rows[:, label_bytes - 1].astype(np.int64)
 
@@ -227,7 +229,9 @@ def read_cifar_tarball(path: Path, name: str, version: str, split: str) -> tuple
 def read_cifar_directory(directory: Path, name: str, version: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split of an extracted CIFAR directory."""
     parse = _cifar_parser(name, version)
-    return _concat([parse((directory / f).read_bytes(), str(directory / f)) for f in _CIFAR_MEMBERS[name, version][split]])
+    return _concat(
+        [parse((directory / f).read_bytes(), str(directory / f)) for f in _CIFAR_MEMBERS[name, version][split]]
+    )
 
 
 def find_cifar_source(directory: Path, name: str) -> Callable[[str], tuple[np.ndarray, np.ndarray]] | None:

@@ -87,7 +87,9 @@ def _idx_stems(split: str) -> tuple[str, str]:
 
 
 BUILDERS: dict[str, type[RawImageBuilder]] = {
-    name: type(f"{''.join(p.title() for p in name.split('_'))}Raw", (RawImageBuilder,), {"SPEC": spec, "__module__": __name__})
+    name: type(
+        f"{''.join(p.title() for p in name.split('_'))}Raw", (RawImageBuilder,), {"SPEC": spec, "__module__": __name__}
+    )
     for name, spec in DATASETS.items()
 }
 
@@ -125,8 +127,10 @@ def _source_dir(spec: DatasetSpec, data_dir: str | None, tfds_dir: str, stack: c
     hints = []
     if spec.debian_dir:
         hints.append("install Debian's package (apt-get install dataset-fashion-mnist)")
-    hints.append(f"put the original files ({', '.join(spec.urls)} or their extracted forms) in a directory and set "
-                 "data.data_dir (--config.data.data_dir=DIR)")
+    hints.append(
+        f"put the original files ({', '.join(spec.urls)} or their extracted forms) in a directory and set "
+        "data.data_dir (--config.data.data_dir=DIR)"
+    )
     hints.append("or run once with internet access and TFDS downloads and verifies them")
     raise DataError(
         f"dataset {spec.name!r} not found offline: looked in {', '.join(looked)}"

@@ -13,6 +13,8 @@ from cnnjax import nn as cnn
 from cnnjax.models.blocks import normalization
 
 IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs; the shortcut is the identity, or (when the shape changes) a strided 1x1 conv ('projection')
     or the CIFAR paper's option A: subsampling and zero-padded extra channels, which adds no parameters."""
@@ -25,7 +27,15 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = cnn.Conv2D(self.features, 3, stride=self.stride, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name="conv1")(x)
+        y = cnn.Conv2D(
+            self.features,
+            3,
+            stride=self.stride,
+            padding="SAME",
+            use_bias=False,
+            kernel_init=F.he_normal(),
+            name="conv1",
+        )(x)
         y = F.relu(normalization(self.norm, self.train, "norm1")(y))
         y = cnn.Conv2D(self.features, 3, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name="conv2")(y)
         y = normalization(self.norm, self.train, "norm2")(y)
@@ -43,7 +53,9 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k, s, name: cnn.Conv2D(f, k, stride=s, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name=name)  # noqa: E731
+        conv = lambda f, k, s, name: cnn.Conv2D(
+            f, k, stride=s, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name=name
+        )  # noqa: E731
         y = F.relu(normalization(self.norm, self.train, "norm1")(conv(self.features, 1, 1, "conv1")(x)))
         y = F.relu(normalization(self.norm, self.train, "norm2")(conv(self.features, 3, self.stride, "conv2")(y)))
         y = normalization(self.norm, self.train, "norm3")(conv(4 * self.features, 1, 1, "conv3")(y))
@@ -90,7 +102,9 @@ class ResNet(nn.Module):
         for stage, blocks in enumerate(stages):
             for index in range(blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
-                x = block(width * 2**stage, stride, shortcut_kind, self.norm, train, name=f"stage{stage + 1}_block{index + 1}")(x)
+                x = block(
+                    width * 2**stage, stride, shortcut_kind, self.norm, train, name=f"stage{stage + 1}_block{index + 1}"
+                )(x)
         x = cnn.GlobalAvgPool(name="pool")(x)
         return cnn.Dense(self.num_classes, name="logits")(x)
 
