@@ -5,8 +5,9 @@ with Nesterov momentum, weight decay and a cosine schedule with warmup.
     python launch.py --experiment=resnet --config.model.depth=56            # ResNet-56 (0.85M parameters)
     python launch.py --experiment=resnet --config.data.name=cifar10         # CIFAR-10 (TFDS downloads it online)
 
-Throughput here: about 180-250 images/s on the 2-core CPU, so an epoch of Fashion-MNIST takes 4-5 minutes; the
-accuracy of a full run was not measured in the session that added it (see the README's results table).
+Measured on the 2-core CPU: about 225 images/s, 4 minutes per Fashion-MNIST epoch; with
+``--config.train.num_epochs=11`` it reached 93.3% test accuracy (93.5% validation) in 46 minutes. The 30-epoch
+default was not run to completion here.
 """
 
 from cnnjax.config import base_config, model_config, modern_recipe
