@@ -5,7 +5,7 @@ the code of the correct class, eq. 8), by plain SGD.
     python launch.py --experiment=lenet5_classic
 
 Use ``--config.data.name=mnist`` for the digits it was designed for (TFDS downloads MNIST when online).
-Measured on this 2-core CPU: see the README's results table.
+Accuracy and time on this machine were not measured in the session that added it (see the README's table).
 """
 
 from cnnjax.config import base_config, model_config
