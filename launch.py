@@ -134,7 +134,7 @@ def run_sweep(config) -> None:
         rows = sweep.run_sweep(config, points, sweep_dir, executor=FLAGS.sweep_executor, only=FLAGS.sweep_trial)
     print((sweep_dir / "results.md").read_text())
     best = next((r for r in rows if r["status"] == "done"), None)
-    if best is not None:
+    if best is not None and isinstance(points, list):
         point = points[int(best["trial"].split("_")[1])]
         overrides = [arg for arg in sys.argv[1:] if arg.startswith("--config.")]
         print(f"best trial {best['trial']}: {sweep.best_command(FLAGS.experiment, point, overrides)}")

@@ -191,3 +191,23 @@ def test_two_workers_against_a_real_postgresql_server(tmp_path, postgres_url):
         output, _ = worker.communicate(timeout=600)
         assert worker.returncode == 0, output[-3000:]
     check_study(optuna.storages.RDBStorage(postgres_url), tmp_path)
+
+
+def test_optuna_search_with_tpe_and_median_pruning(tmp_path):
+    from cnnjax import study
+
+    base = small_config(tmp_path, num_epochs=2)
+    search = study.Search(
+        space={"optim.learning_rate": sweep.log_uniform(1e-4, 1e-2), "model.pool": sweep.choice(["max", "avg"])},
+        num_trials=3,
+        sampler="tpe",
+        pruner="median",
+    )
+    journal = str(tmp_path / "search.journal")
+    rows = study.run_worker(base, search, tmp_path / "search", journal, study_name="search")
+    assert len(rows) == 3 and all(r["status"] in ("done", "pruned") for r in rows)
+    assert all(1e-4 <= r["optim.learning_rate"] <= 1e-2 for r in rows)
+    loaded = optuna.load_study(study_name="search", storage=study.storage_for(journal))
+    assert len(loaded.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))) == 3
+    with pytest.raises(ValueError, match="not SQLite"):
+        study.storage_for("sqlite:///x.db")
