@@ -194,13 +194,7 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     batch_size, c = base.data.batch_size, base.train
     steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
     optimizer, train_fn, _, eval_fn, _ = train.compiled_steps(base, model, steps_per_epoch)
-    states, keys = [], []
-    for config in configs:
-        init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
-        state = train.init_state(model, optimizer, splits.image_shape, init_key)
-        state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{n: config.optim[n] for n in optim.INJECTED})
-        states.append(state)
-        keys.append(train_key)
+    states, keys = zip(*(train.run_state(config, model, optimizer, splits.image_shape) for config in configs))
     state, keys = _stack(states), jnp.stack(keys)
     best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
     group_step, group_eval = _group_steps(train_fn, eval_fn)

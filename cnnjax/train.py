@@ -114,6 +114,15 @@ def cast_floats(tree, dtype):
     return jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
+    """A run's initial state and the key its steps fold in: parameters from ``train.seed``, and this run's
+    ``optim.INJECTED`` values in the (possibly shared) optimizer's state."""
+    init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
+    state = init_state(model, optimizer, image_shape, init_key)
+    state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{k: config.optim[k] for k in optim.INJECTED})
+    return state, train_key
+
+
 def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32"):
     """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated."""
     return jax.jit(train_step_fn(model, optimizer, loss_name, augment, compute_dtype), donate_argnums=0)
@@ -312,9 +321,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     batch_size = config.data.batch_size
     steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
     optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch)
-    init_key, train_key = jax.random.split(jax.random.key(c.seed))
-    state = init_state(model, optimizer, splits.image_shape, init_key)
-    state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{k: config.optim[k] for k in optim.INJECTED})
+    state, train_key = run_state(config, model, optimizer, splits.image_shape)
     state = parallel.replicate(state, mesh)
     checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)
     meta = {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
