@@ -33,7 +33,7 @@ def main() -> None:
     shape = (28, 28, 1) if args.model == "lenet" else (32, 32, 3)
     batch = config.data.batch_size
     optimizer, train_fn, solo_step, eval_fn, _ = train.compiled_steps(config, model, args.steps)
-    group_step, _ = sweep._group_steps(train_fn, eval_fn)
+    group_step, _ = sweep._group_steps(train_fn, eval_fn, True)  # one seed: members share batches
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((args.steps * batch, *shape)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, args.steps * batch).astype(np.int32))
@@ -48,9 +48,9 @@ def main() -> None:
 
     def run_group():
         state = sweep._stack([member_state(r) for r in rates])
-        keys, alive = jnp.stack([key] * args.members), jnp.ones(args.members, bool)
+        alive = jnp.ones(args.members, bool)
         for index in batches:
-            state, metrics, alive = group_step(state, images, labels, jnp.stack([index] * args.members), keys, alive)
+            state, metrics, alive = group_step(state, images, labels, index, key, alive)
         return metrics
 
     def run_sequential():

@@ -17,14 +17,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import torch
+import workloads
 from torch import nn as tnn
+from workloads import BATCH
 
-from cnnjax import models, optim, summary, train
-from cnnjax.config import base_config
-
-BATCH = 128
+from cnnjax import summary
 
 
 def torch_lenet():
@@ -73,16 +71,11 @@ def torch_resnet20():
     return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
 
 
-# name -> (cnnjax model, image shape (H, W, C), PyTorch model)
-MODELS = {
-    "lenet": (lambda: models.get("lenet"), (28, 28, 1), torch_lenet),
-    "mnist_cnn": (
-        lambda: models.get("lenet", filters=(32, 64), kernel_size=3, padding="SAME", pool="avg", hidden=(256,)),
-        (28, 28, 1),
-        torch_mnist_cnn,
-    ),
-    "cifar_cnn": (lambda: models.get("cifar_cnn"), (32, 32, 3), torch_cifar_cnn),
-    "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3), torch_resnet20),
+TORCH_MODELS = {
+    "lenet": torch_lenet,
+    "mnist_cnn": torch_mnist_cnn,
+    "cifar_cnn": torch_cifar_cnn,
+    "resnet20": torch_resnet20,
 }
 
 
@@ -99,35 +92,22 @@ def matmul_peak_gflops(rounds: int = 5) -> float:
 
 
 def cnnjax_runner(name: str, steps: int):
-    make_model, shape, _ = MODELS[name]
-    model = make_model()
-    optimizer = optim.make_optimizer(base_config().optim, steps, 1)
-    step = train.make_train_step(model, optimizer, "cross_entropy", lambda key, x: x)
-    rng = np.random.default_rng(0)
-    images = jax.device_put(rng.standard_normal((steps * BATCH, *shape)).astype(np.float32))
-    labels = jax.device_put(rng.integers(0, 10, steps * BATCH).astype(np.int32))
-    batches = jnp.arange(steps * BATCH, dtype=jnp.int32).reshape(steps, BATCH)
-    key = jax.random.key(0)
-    state = train.init_state(model, optimizer, shape, key)
+    model, shape, step, state, batches = workloads.train_workload(name, steps)
     compile_start = time.perf_counter()
-    jax.block_until_ready(step.lower(state, images, labels, batches[0], key).compile())
+    jax.block_until_ready(step.lower(state, *batches[0]).compile())
     compile_s = time.perf_counter() - compile_start
     holder = {"state": state}
 
     def run():
-        state = holder["state"]
-        for index in batches:
-            state, metrics = step(state, images, labels, index, key)
-        jax.block_until_ready(metrics)
-        holder["state"] = state
+        holder["state"] = workloads.run_steps(step, holder["state"], batches)
 
     flops = 3 * sum(r["flops"] for r in summary.summarize(model, shape))
     return run, flops, compile_s
 
 
 def torch_runner(name: str, steps: int):
-    _, (h, w, c), make_model = MODELS[name]
-    model = make_model()
+    h, w, c = workloads.MODELS[name][1]
+    model = TORCH_MODELS[name]()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(steps, BATCH, c, h, w, generator=generator)
@@ -148,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(TORCH_MODELS))
     args = parser.parse_args()
     torch.set_num_threads(2)
     peak = matmul_peak_gflops()

@@ -1,7 +1,11 @@
 """cnnjax: a JAX toolkit for convolutional-network research.
 
 Submodules are imported on demand: ``cnnjax.functional`` and ``cnnjax.reference`` need only jax / NumPy;
-``cnnjax.nn`` and ``cnnjax.models`` add Flax.
+``cnnjax.nn`` and ``cnnjax.models`` add Flax. Importing cnnjax sets the XLA flags of :mod:`cnnjax.backend`.
 """
 
+from cnnjax.backend import apply_xla_flags
+
 __version__ = "0.1.0"
+
+apply_xla_flags()

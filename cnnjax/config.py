@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
             "log_every": 50,  # steps between metric records
             "num_devices": 1,  # data parallelism over this many devices (0: all devices of all processes)
             "compute_dtype": "float32",  # float32 | bfloat16 (mixed precision: float32 parameters and optimizer)
+            "xla_cpu_ynn_fusion": "",  # XLA:CPU ops run by YNNPACK, e.g. 'dot,eltwise,reduce' ('': cnnjax.backend's)
         }
     )
     return config

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cnnjax import backend, data, metrics, optim, plots, train
 from cnnjax import config as config_lib
-from cnnjax import data, metrics, optim, plots, train
 
 Point = dict  # dotted config key -> value
 
@@ -197,7 +197,10 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     states, keys = zip(*(train.run_state(config, model, optimizer, splits.image_shape) for config in configs))
     state, keys = _stack(states), jnp.stack(keys)
     best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
-    group_step, group_eval = _group_steps(train_fn, eval_fn)
+    seeds = [config.train.seed for config in configs]
+    shared_data = len(set(seeds)) == 1
+    seeds, data_keys = (seeds[:1], keys[0]) if shared_data else (seeds, keys)
+    group_step, group_eval = _group_steps(train_fn, eval_fn, shared_data, c.xla_cpu_ynn_fusion)
     writers = []
     for config, workdir in zip(configs, workdirs):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -210,13 +213,11 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     train_time = 0.0
     for epoch in range(c.num_epochs):
         epoch_start = time.time()
-        batches = np.stack(
-            [data.train_batches(len(splits.train[1]), batch_size, seed=cfg.train.seed, epoch=epoch) for cfg in configs],
-            axis=1,
-        )  # (steps, K, batch)
+        batches = [data.train_batches(len(splits.train[1]), batch_size, seed=seed, epoch=epoch) for seed in seeds]
+        batches = batches[0] if shared_data else np.stack(batches, axis=1)  # (steps, batch) or (steps, K, batch)
         state["epoch_sums"] = jnp.zeros((k, 3), jnp.float32)
         for step_index in batches:
-            state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(step_index), keys, alive)
+            state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(step_index), data_keys, alive)
         sums = np.asarray(state["epoch_sums"], np.float64)
         val = _group_evaluate(group_eval, state, val_images, val_labels, base.data.eval_batch_size)
         elapsed = time.time() - epoch_start
@@ -283,8 +284,15 @@ def _where_members(mask: np.ndarray, new, old):
 
 
 @functools.lru_cache(maxsize=8)
-def _group_steps(train_fn, eval_fn):
-    """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis."""
+def _group_steps(train_fn, eval_fn, shared_data: bool, ynn_fusion: str = ""):
+    """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis.
+
+    With ``shared_data`` (members of one seed) the batch index and key are not mapped: the batch, its augmentation
+    and the first convolution's patches are computed once for all members, whose stacked kernels then meet them in
+    one matrix product. ``ynn_fusion``: ``config.train.xla_cpu_ynn_fusion``.
+    """
+    data_axis = None if shared_data else 0
+    options = backend.compiler_options(ynn_fusion)
 
     def masked_step(state, images, labels, batch_index, key, alive):
         new_state, step_metrics = train_fn(state, images, labels, batch_index, key)
@@ -292,8 +300,12 @@ def _group_steps(train_fn, eval_fn):
         new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
         return new_state, step_metrics, ok
 
-    group_step = jax.jit(jax.vmap(masked_step, in_axes=(0, None, None, 0, 0, 0)), donate_argnums=0)
-    group_eval = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0, None, None, None, None)))
+    group_step = jax.jit(
+        jax.vmap(masked_step, in_axes=(0, None, None, data_axis, data_axis, 0)),
+        donate_argnums=0,
+        compiler_options=options,
+    )
+    group_eval = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0, None, None, None, None)), compiler_options=options)
     return group_step, group_eval
 
 
@@ -335,9 +347,9 @@ def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "se
     todo = [i for i in selected if read_status(dirs[i])["status"] in ("pending", "running", "failed")]
     metrics.log_line(f"sweep of {len(points)} trials in {sweep_dir}: {len(todo)} to run ({executor})")
     if executor == "vectorized":
-        groups: dict[str, list[int]] = {}
-        for i in todo:
-            groups.setdefault(group_key(configs[i]), []).append(i)
+        groups: dict[tuple, list[int]] = {}
+        for i in todo:  # one group per seed: its members share batches (see _group_steps), 1.4x faster than mixed
+            groups.setdefault((group_key(configs[i]), configs[i].train.seed), []).append(i)
         for members in groups.values():
             for start in range(0, len(members), max_group):
                 chunk = members[start : start + max_group]

@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from cnnjax import backend, data, metrics, models, optim, parallel, plots
 from cnnjax import config as config_lib
-from cnnjax import data, metrics, models, optim, parallel, plots
 from cnnjax import functional as F
 from cnnjax.checkpoint import Checkpoints
 from cnnjax.data.pipeline import BALANCE_MODES
@@ -76,6 +76,7 @@ def check_config(config):
         raise ValueError(
             f"config.train.compute_dtype={config.train.compute_dtype!r} is invalid: choose one of {COMPUTE_DTYPES}"
         )
+    backend.compiler_options(config.train.xla_cpu_ynn_fusion)
     devices = parallel.num_devices(config.train.num_devices)
     for key in ("batch_size", "eval_batch_size"):
         if config.data[key] % devices:
@@ -194,13 +195,15 @@ def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32"):
 
 @functools.lru_cache(maxsize=8)
 def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, augment_items: tuple,
-                  compute_dtype: str):  # fmt: skip
+                  compute_dtype: str, ynn_fusion: str):  # fmt: skip
     optim_config = ml_collections.ConfigDict(dict(optim_items))
     optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs)
     augment = functools.partial(data.augment, **dict(augment_items))
     train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype)
     eval_fn = eval_step_fn(model, loss, compute_dtype)
-    return optimizer, train_fn, jax.jit(train_fn, donate_argnums=0), eval_fn, jax.jit(eval_fn)
+    options = backend.compiler_options(ynn_fusion)
+    train_step = jax.jit(train_fn, donate_argnums=0, compiler_options=options)
+    return optimizer, train_fn, train_step, eval_fn, jax.jit(eval_fn, compiler_options=options)
 
 
 def compiled_steps(config, model, steps_per_epoch: int):
@@ -217,7 +220,7 @@ def compiled_steps(config, model, steps_per_epoch: int):
     )
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, augment_items,
-        config.train.compute_dtype,
+        config.train.compute_dtype, config.train.xla_cpu_ynn_fusion,
     )  # fmt: skip
 
 

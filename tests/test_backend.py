@@ -1,0 +1,67 @@
+"""cnnjax.backend: the XLA flags set on import."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from cnnjax import models, train
+from cnnjax.backend import CPU_FLAGS, apply_xla_flags, compiler_options
+from cnnjax.config import base_config
+
+
+def test_flags_are_appended_to_the_users_own():
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert apply_xla_flags(environ) == CPU_FLAGS
+    assert environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=8", *CPU_FLAGS]
+
+
+def test_a_flag_the_user_set_wins_and_the_opt_out_adds_nothing():
+    name = CPU_FLAGS[0].split("=")[0]
+    environ = {"XLA_FLAGS": f"{name}=individual_dot"}
+    assert apply_xla_flags(environ) == ()
+    assert environ["XLA_FLAGS"] == f"{name}=individual_dot"
+    opted_out = {"CNNJAX_XLA_FLAGS": "0"}
+    assert apply_xla_flags(opted_out) == () and "XLA_FLAGS" not in opted_out
+
+
+def test_importing_cnnjax_keeps_ynnpack_for_matrix_products_only():
+    program = (
+        "import jax, jax.numpy as jnp, cnnjax\n"
+        "a = jnp.ones((256, 256))\n"
+        "uses_ynn = lambda f, *args: 'ynn' in jax.jit(f).lower(*args).compile().as_text()\n"
+        "print(uses_ynn(jnp.matmul, a, a), uses_ynn(lambda a: a.sum(0), a))\n"
+    )
+    env = {"PATH": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+    env["CNNJAX_XLA_FLAGS"] = "0"  # XLA's default: YNNPACK for the reduction too
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
+def ynn_fusions_in_train_step(ynn_fusion: str) -> int:
+    config = base_config()
+    config.train.xla_cpu_ynn_fusion = ynn_fusion
+    model = models.get("lenet", filters=(2, 4), hidden=(8,))
+    optimizer, _, step, _, _ = train.compiled_steps(config, model, 1)
+    state = train.init_state(model, optimizer, (28, 28, 1), jax.random.key(0))
+    images, labels = jnp.zeros((8, 28, 28, 1)), jnp.zeros(8, jnp.int32)
+    with jax.numpy_dtype_promotion("standard"):  # Optax's internals (see test_train)
+        text = step.lower(state, images, labels, jnp.arange(4), jax.random.key(1)).compile().as_text()
+    return text.count("ynn_fusion")
+
+
+def test_a_configs_ynn_fusion_types_reach_its_compiled_steps():
+    # with elementwise ops and reductions as well, many more operations become YNNPACK fusions
+    assert ynn_fusions_in_train_step("dot,eltwise,reduce") > 1.5 * ynn_fusions_in_train_step("") > 0
+
+
+def test_unknown_ynn_fusion_types_are_rejected_naming_the_key():
+    config = base_config()
+    config.train.xla_cpu_ynn_fusion = "dot,conv"
+    with pytest.raises(ValueError, match=r"xla_cpu_ynn_fusion=.*\['conv'\]"):
+        train.check_config(config)
+    assert compiler_options("") == {}
