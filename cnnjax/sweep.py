@@ -284,7 +284,7 @@ def _where_members(mask: np.ndarray, new, old):
 
 
 @functools.lru_cache(maxsize=8)
-def _group_steps(train_fn, eval_fn, shared_data: bool, ynn_fusion: str = ""):
+def _group_steps(train_fn, eval_fn, shared_data: bool, ynn_fusion: str):
     """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis.
 
     With ``shared_data`` (members of one seed) the batch index and key are not mapped: the batch, its augmentation
