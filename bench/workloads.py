@@ -14,28 +14,29 @@ from cnnjax.config import base_config
 
 BATCH = 128
 
-# name -> (cnnjax model, image shape (H, W, C))
+# name -> (cnnjax model, image shape (H, W, C), config.train.xla_cpu_ynn_fusion of its experiment)
 MODELS = {
-    "lenet": (lambda: models.get("lenet"), (28, 28, 1)),
+    "lenet": (lambda: models.get("lenet"), (28, 28, 1), ""),
     "mnist_cnn": (
         lambda: models.get("lenet", filters=(32, 64), kernel_size=3, padding="SAME", pool="avg", hidden=(256,)),
         (28, 28, 1),
+        "",
     ),
-    "cifar_cnn": (lambda: models.get("cifar_cnn"), (32, 32, 3)),
-    "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3)),
+    "cifar_cnn": (lambda: models.get("cifar_cnn"), (32, 32, 3), ""),
+    "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3), "dot,eltwise,reduce"),
 }
 
 
 def train_workload(name: str, steps: int):
     """(model, image shape, train step, initial state, step arguments per batch) for `steps` batches of BATCH.
 
-    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state); call it as
+    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state, the experiment's XLA options); call it as
     ``step(state, *args)`` for each ``args`` in the returned list.
     """
-    make_model, shape = MODELS[name]
+    make_model, shape, ynn_fusion = MODELS[name]
     model = make_model()
     optimizer = optim.make_optimizer(base_config().optim, steps, 1)
-    step = train.make_train_step(model, optimizer, "cross_entropy", lambda key, x: x)
+    step = train.make_train_step(model, optimizer, "cross_entropy", lambda key, x: x, ynn_fusion=ynn_fusion)
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.standard_normal((steps * BATCH, *shape)).astype(np.float32))
     labels = jax.device_put(rng.integers(0, 10, steps * BATCH).astype(np.int32))

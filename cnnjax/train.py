@@ -124,9 +124,11 @@ def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
     return state, train_key
 
 
-def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32"):
-    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated."""
-    return jax.jit(train_step_fn(model, optimizer, loss_name, augment, compute_dtype), donate_argnums=0)
+def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", ynn_fusion: str = ""):
+    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated.
+    ``ynn_fusion``: as ``config.train.xla_cpu_ynn_fusion``."""
+    step_fn = train_step_fn(model, optimizer, loss_name, augment, compute_dtype)
+    return jax.jit(step_fn, donate_argnums=0, compiler_options=backend.compiler_options(ynn_fusion))
 
 
 def train_step_fn(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32"):
