@@ -8,8 +8,8 @@ accuracy over two swept axes and the learning curves of all trials. Re-running a
 resumes interrupted ones from their checkpoints; a failing or diverging trial is recorded and the sweep goes on.
 
 Executors: ``sequential`` (one trial after another, compiled steps shared between trials whose shapes agree) and
-``vectorized`` (trials that differ only in ``optim.INJECTED`` values and ``train.seed`` train together as one vmapped
-program, see :func:`train_group`). ``cnnjax.study`` spreads trials over processes and machines with Optuna.
+``vectorized`` (trials that differ only in ``optim.INJECTED`` values train together as one vmapped program per
+``train.seed``, see :func:`train_group`; a group may also mix seeds). ``cnnjax.study`` spreads trials over processes and machines with Optuna.
 """
 
 from __future__ import annotations
