@@ -1,0 +1,61 @@
+"""Where a training step's time goes: per-operation times of the compiled step, with the layer each came from.
+
+    PYTHONPATH=. .venv/bin/python bench/profile_step.py [--model=lenet] [--steps=10] [--top=25]
+
+Runs the benchmark model's real train step (bench/workloads.py) under ``jax.profiler``, sums the time of every XLA
+operation over the steps, and prints the most expensive ones per step with the JAX operation they lower
+(``op_name`` metadata of the optimized HLO: ``jvp(...)`` is the forward pass, ``transpose(jvp(...))`` the backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import jax
+import workloads
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> its ``op_name`` metadata, from an optimized module's text."""
+    pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", re.MULTILINE)
+    return dict(pattern.findall(hlo_text))
+
+
+def operation_times(trace_dir: Path) -> collections.Counter:
+    """Total microseconds per event name in the trace that jax.profiler wrote under ``trace_dir``."""
+    (trace,) = trace_dir.glob("**/*.trace.json.gz")
+    totals = collections.Counter()
+    for event in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]:
+        if event.get("ph") == "X":
+            totals[event["name"]] += event["dur"]
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="lenet", choices=list(workloads.MODELS))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    _, _, step, state, batches = workloads.train_workload(args.model, args.steps)
+    names = op_names(step.lower(state, *batches[0]).compile().as_text())
+    state = workloads.run_steps(step, state, batches)  # compile and warm up
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            workloads.run_steps(step, state, batches)
+        totals = operation_times(Path(trace_dir))
+    operations = {name: us for name, us in totals.items() if name in names}
+    total = sum(operations.values())
+    print(f"{args.model}: {total / args.steps / 1e3:.2f} ms of XLA operations per step (batch {workloads.BATCH})")
+    for name, us in sorted(operations.items(), key=lambda item: -item[1])[: args.top]:
+        print(f"{us / args.steps / 1e3:8.2f} ms  {100 * us / total:5.1f}%  {name:<28} {names[name]}")
+
+
+if __name__ == "__main__":
+    main()
