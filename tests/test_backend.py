@@ -56,7 +56,7 @@ def ynn_fusions_in_train_step(ynn_fusion: str) -> int:
 
 def test_a_configs_ynn_fusion_types_reach_its_compiled_steps():
     # with elementwise ops and reductions as well, many more operations become YNNPACK fusions
-    assert ynn_fusions_in_train_step("dot,eltwise,reduce") > 1.5 * ynn_fusions_in_train_step("") > 0
+    assert ynn_fusions_in_train_step("dot,eltwise,reduce") > ynn_fusions_in_train_step("individual_dot") > 0
 
 
 def test_unknown_ynn_fusion_types_are_rejected_naming_the_key():
