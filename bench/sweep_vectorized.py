@@ -33,9 +33,7 @@ def main() -> None:
     shape = (28, 28, 1) if args.model == "lenet" else (32, 32, 3)
     batch = config.data.batch_size
     optimizer, train_fn, solo_step, eval_fn, _ = train.compiled_steps(config, model, args.steps)
-    group_step, _ = sweep._group_steps(
-        train_fn, eval_fn, True, config.train.xla_cpu_ynn_fusion
-    )  # one seed: shared batches
+    group_step, _ = sweep._group_steps(train_fn, eval_fn, config.train.xla_cpu_ynn_fusion)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((args.steps * batch, *shape)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, args.steps * batch).astype(np.int32))

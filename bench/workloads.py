@@ -11,6 +11,7 @@ import numpy as np
 
 from cnnjax import models, optim, train
 from cnnjax.config import base_config
+from experiments import resnet
 
 BATCH = 128
 
@@ -23,7 +24,7 @@ MODELS = {
         "",
     ),
     "cifar_cnn": (lambda: models.get("cifar_cnn"), (32, 32, 3), ""),
-    "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3), "dot,eltwise,reduce"),
+    "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3), resnet.get_config().train.xla_cpu_ynn_fusion),
 }
 
 

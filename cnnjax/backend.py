@@ -36,7 +36,7 @@ def compiler_options(ynn_fusion: str) -> dict[str, str]:
     """``jax.jit`` compiler options that give XLA:CPU the YNNPACK fusion types ``ynn_fusion`` for one program.
 
     ``ynn_fusion``: comma-separated :data:`YNN_FUSION_TYPES`, e.g. 'dot,eltwise,reduce' (ResNet-20's step runs 1.27x
-    faster with it than with the default, LeNet's 0.55x: bench/xla_options.py); '' keeps the process-wide setting.
+    faster with it than with cnnjax's default, LeNet's 0.55x: bench/xla_options.py); '' keeps the process-wide setting.
     """
     if not ynn_fusion:
         return {}

@@ -92,8 +92,16 @@ def test_vectorized_group_equals_solo_runs_and_does_not_recompile(tmp_path):
     more = sweep.grid(**{"optim.learning_rate": [5e-4, 7e-3], "train.seed": [0, 1]})
     sweep.run_sweep(base, more, tmp_path / "more", executor="vectorized")
     assert sweep._group_steps.cache_info().currsize == 1
-    group_step, _ = sweep._group_steps(*train.compiled_steps(base, train.check_config(base), 6)[1::2], True, "")
+    group_step, _ = sweep._group_steps(*train.compiled_steps(base, train.check_config(base), 6)[1::2], "")
     assert group_step._cache_size() == 1
+
+
+def test_a_group_of_different_seeds_is_refused_before_any_work(tmp_path):
+    base = small_config(tmp_path, num_epochs=1)
+    configs = [sweep.trial_config(base, {"train.seed": seed}) for seed in (0, 1)]
+    with pytest.raises(ValueError, match="differ only in .*group_key"):
+        sweep.train_group(configs, [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_diverging_member_is_masked_without_disturbing_the_others(tmp_path):
