@@ -256,6 +256,20 @@ def test_class_balancing():
         pipeline.balance_classes(images, labels, "smote", seed=0)
 
 
+def test_standardization_statistics_and_preprocessing_match_the_float_formula():
+    train, test = RNG.integers(0, 256, (50, 5, 6, 3), dtype=np.uint8), RNG.integers(0, 256, (7, 5, 6, 3), dtype=np.uint8)
+    floats = np.pad(train / 255.0, ((0, 0), (1, 2), (1, 1), (0, 0)))  # pad_to=8 puts the zeros in the statistics
+    mean, std = pipeline.fit_standardize(pipeline.pad_images(train, 8))
+    np.testing.assert_allclose(mean, floats.mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(std, floats.std(axis=(0, 1, 2)), rtol=1e-12)
+    out_train, out_test = pipeline.preprocess(train, [test], data_config(pad_to=8))
+    assert out_train.dtype == out_test.dtype == np.float32 and out_test.shape == (7, 8, 8, 3)
+    np.testing.assert_allclose(out_train, (floats - mean) / std, atol=1e-6)
+    np.testing.assert_allclose(out_test[:, 1:6, 1:7], (test / 255.0 - mean) / std, atol=1e-6)
+    raw = pipeline.preprocess(train, [], data_config(standardize=False))[0]
+    np.testing.assert_allclose(raw, train / 255.0, atol=1e-7)
+
+
 def test_zca_whitening_gives_identity_covariance_on_train():
     x = RNG.standard_normal((4000, 3, 3, 1)) @ np.ones((1, 1))  # (N, 3, 3, 1)
     x = x + 0.5 * np.roll(x, 1, axis=1)  # correlated pixels

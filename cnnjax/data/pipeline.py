@@ -84,8 +84,15 @@ def pad_images(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def fit_standardize(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation (C,) of a training split (N, H, W, C)."""
-    return images.mean(axis=(0, 1, 2), dtype=np.float64), images.std(axis=(0, 1, 2), dtype=np.float64)
+    """Per-channel mean and standard deviation (C,) of a uint8 training split (N, H, W, C), on the [0, 1] scale.
+
+    Exact, from each channel's histogram of the 256 values (one pass over the bytes instead of float copies).
+    """
+    values = np.arange(256, dtype=np.float64) / 255.0
+    counts = np.stack([np.bincount(images[..., c].ravel(), minlength=256) for c in range(images.shape[-1])])
+    mean = counts @ values / counts.sum(axis=1)
+    variance = (counts * (values - mean[:, None]) ** 2).sum(axis=1) / counts.sum(axis=1)
+    return mean, np.sqrt(variance)
 
 
 def fit_zca(images: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
@@ -102,20 +109,28 @@ def fit_zca(images: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]
 
 
 def preprocess(train: np.ndarray, others: list[np.ndarray], config) -> list[np.ndarray]:
-    """Scales uint8 images to [0, 1], pads, then standardizes or ZCA-whitens with statistics of ``train``.
+    """Pads uint8 images, scales them to [0, 1], then standardizes or ZCA-whitens with statistics of ``train``.
 
     Returns the float32 arrays [train, *others].
     """
-    arrays = [x.astype(np.float32) / 255.0 for x in (train, *others)]
-    if config.pad_to:
-        arrays = [pad_images(x, config.pad_to) for x in arrays]
+    arrays = [pad_images(x, config.pad_to) if config.pad_to else x for x in (train, *others)]
     if config.zca:
+        arrays = [x.astype(np.float32) / 255.0 for x in arrays]
         mean, matrix = fit_zca(arrays[0], config.zca_epsilon)
         return [((x.reshape(len(x), -1) - mean) @ matrix).astype(np.float32).reshape(x.shape) for x in arrays]
+    scale, shift = np.full(train.shape[-1], 1 / 255.0), np.zeros(train.shape[-1])
     if config.standardize:
         mean, std = fit_standardize(arrays[0])
-        return [((x - mean) / np.maximum(std, 1e-8)).astype(np.float32) for x in arrays]
-    return arrays
+        scale, shift = scale / np.maximum(std, 1e-8), -mean / np.maximum(std, 1e-8)
+    return [_affine(x, scale.astype(np.float32), shift.astype(np.float32)) for x in arrays]
+
+
+def _affine(images: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``images * scale + shift`` per channel in float32, in place on one float copy."""
+    result = images.astype(np.float32)
+    result *= scale
+    result += shift
+    return result
 
 
 def load_splits(config) -> Splits:
