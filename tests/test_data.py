@@ -257,7 +257,10 @@ def test_class_balancing():
 
 
 def test_standardization_statistics_and_preprocessing_match_the_float_formula():
-    train, test = RNG.integers(0, 256, (50, 5, 6, 3), dtype=np.uint8), RNG.integers(0, 256, (7, 5, 6, 3), dtype=np.uint8)
+    train, test = (
+        RNG.integers(0, 256, (50, 5, 6, 3), dtype=np.uint8),
+        RNG.integers(0, 256, (7, 5, 6, 3), dtype=np.uint8),
+    )
     floats = np.pad(train / 255.0, ((0, 0), (1, 2), (1, 1), (0, 0)))  # pad_to=8 puts the zeros in the statistics
     mean, std = pipeline.fit_standardize(pipeline.pad_images(train, 8))
     np.testing.assert_allclose(mean, floats.mean(axis=(0, 1, 2)), rtol=1e-12)
