@@ -1,10 +1,12 @@
 """Vectorized sweep vs the same trials one after another: 8 learning rates of the modern LeNet.
 
-    .venv/bin/python bench/sweep_vectorized.py [--rounds=5] [--steps=40] [--members=8]
+    .venv/bin/python bench/sweep_vectorized.py [--rounds=5] [--steps=40] [--members=8] [--batch_sizes=8,32,128]
 
 Times ``--steps`` training steps of all members: once as the vmapped group step of ``cnnjax.sweep`` (stacked
 params and optimizer states, learning rates as values in the state), once as ``--members`` solo runs of the shared
-jitted step, in interleaved rounds. Prints trial-steps per second of both and the speed-up.
+jitted step, in interleaved rounds. Prints trial-steps per second of both and the speed-up, per batch size: the
+crossover where a group stops paying (small batches leave a solo step's fixed costs dominant; large ones its
+per-example work).
 """
 
 from __future__ import annotations
@@ -27,11 +29,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--model", default="lenet", help="lenet or resnet (ResNet-20 on 32x32x3)")
+    parser.add_argument("--batch_sizes", default="128", help="comma-separated batch sizes to compare at")
     args = parser.parse_args()
+    for batch in map(int, args.batch_sizes.split(",")):
+        compare(args, batch)
+
+
+def compare(args, batch: int) -> None:
+    """Prints the interleaved medians of the vectorized group and the sequential trials at ``batch``."""
     config = get_config()
     model = models.get("lenet") if args.model == "lenet" else models.get("resnet", depth=20)
     shape = (28, 28, 1) if args.model == "lenet" else (32, 32, 3)
-    batch = config.data.batch_size
     optimizer, train_fn, solo_step, eval_fn, _ = train.compiled_steps(config, model, args.steps)
     group_step, _ = sweep._group_steps(train_fn, eval_fn, config.train.xla_cpu_ynn_fusion)
     rng = np.random.default_rng(0)

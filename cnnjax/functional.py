@@ -188,15 +188,16 @@ def pool_output_shape(
 CONV_LOWERINGS = ("xla", "patches")
 
 
-def default_conv_lowering(kernel_shape: Sequence[int]) -> str:
-    """The faster lowering for an HWIO kernel on this backend (bench/conv_lowering.py measures them).
+def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = None) -> str:
+    """The faster lowering for an HWIO kernel on ``backend`` ('cpu', 'gpu', 'tpu'; None: JAX's default backend).
 
     On the CPU XLA's convolution is weakest for large kernels over few input channels (LeNet's 5x5 convs: 'patches'
-    runs their forward and backward 1.5-1.9x faster); with more channels, or on GPU and TPU, ``lax.conv`` wins.
+    runs their forward and backward 1.5-1.9x faster; bench/conv_lowering.py); with more channels, or on GPU and TPU,
+    ``lax.conv`` wins.
     """
     kh, kw, group_in, _ = kernel_shape
     few_channels_big_kernel = group_in <= 8 and kh * kw >= 16
-    return "patches" if jax.default_backend() == "cpu" and few_channels_big_kernel else "xla"
+    return "patches" if (backend or jax.default_backend()) == "cpu" and few_channels_big_kernel else "xla"
 
 
 def conv2d(

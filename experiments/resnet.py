@@ -7,8 +7,8 @@ with Nesterov momentum, weight decay and a cosine schedule with warmup.
 
 Measured on the 2-core CPU: about 280 images/s, 3 minutes per Fashion-MNIST epoch; with
 ``--config.train.num_epochs=9`` it reached 92.8% test accuracy (92.9% validation) in 30.4 minutes, and with 11
-epochs 93.3% (46 minutes at 225 images/s, before the YNNPACK setting below). The 30-epoch default was not run to
-completion here.
+epochs 93.3% (46 minutes at 225 images/s, before the YNNPACK setting below). The 30-epoch default reached 94.2%
+test accuracy (94.4% validation) in 89 s on an NVIDIA H100; it would take ~1.6 hours on the 2-core CPU.
 """
 
 from cnnjax.config import base_config, model_config, modern_recipe

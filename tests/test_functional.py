@@ -295,9 +295,12 @@ def test_bad_hyperparameters_are_clear_errors(kwargs, message):
         F.conv2d(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 3, 4)), **kwargs)
 
 
-def test_default_lowering_uses_patches_for_large_kernels_over_few_channels_on_cpu():
-    assert F.default_conv_lowering((5, 5, 1, 6)) == "patches" and F.default_conv_lowering((5, 5, 6, 16)) == "patches"
-    assert F.default_conv_lowering((3, 3, 32, 64)) == "xla" and F.default_conv_lowering((3, 3, 1, 32)) == "xla"
+def test_default_lowering_uses_patches_for_large_kernels_over_few_channels_on_cpu_only():
+    lowering = F.default_conv_lowering
+    assert lowering((5, 5, 1, 6), "cpu") == "patches" and lowering((5, 5, 6, 16), "cpu") == "patches"
+    assert lowering((3, 3, 32, 64), "cpu") == "xla" and lowering((3, 3, 1, 32), "cpu") == "xla"
+    assert lowering((5, 5, 1, 6), "gpu") == "xla" and lowering((5, 5, 1, 6), "tpu") == "xla"
+    assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
 
 
 def test_wrong_rank_and_dense_shape_errors():
