@@ -279,6 +279,22 @@ def test_learning_rate_lives_in_the_optimizer_state():
     assert float(optim.current_learning_rate(state)) == pytest.approx(0.25 * 0.5 * (1 + np.cos(np.pi / 10)))
 
 
+def test_initial_states_compile_once_per_model_and_depend_on_the_key():
+    from cnnjax import models
+
+    model = models.get("lenet", filters=(2, 3), hidden=(5,))
+    optimizer = optim.make_optimizer(optim_config(), 10, 1)
+    first = train.init_state(model, optimizer, (12, 12, 1), jax.random.key(0))
+    compiled = train.init_state._cache_size()
+    second = train.init_state(model, optimizer, (12, 12, 1), jax.random.key(1))
+    assert train.init_state._cache_size() == compiled  # a trial with another seed reuses the program
+    kernel = first["params"]["conv1"]["kernel"]
+    assert kernel.shape == (5, 5, 1, 2) and not np.array_equal(kernel, second["params"]["conv1"]["kernel"])
+    again = train.init_state(model, optimizer, (12, 12, 1), jax.random.key(0))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, first, again)
+    assert int(first["step"]) == 0 and first["opt_state"] is not None
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------------------------
