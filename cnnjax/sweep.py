@@ -324,15 +324,27 @@ def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.nd
 # Running a sweep, the results table and plots
 # ----------------------------------------------------------------------------------------------------------------------
 
-EXECUTORS = ("sequential", "vectorized")
+EXECUTORS = ("auto", "sequential", "vectorized")
+# the largest batch at which a vectorized group beats sequential trials on the CPU: 8 LeNets ran 1.31x at batch 16,
+# 0.79x at 32 on the 2-core CPU; on an H100 2.7-3.0x at 32-512 (bench/sweep_vectorized.py --batch_sizes=...)
+CPU_VECTORIZED_MAX_BATCH = 16
 
 
-def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "sequential",
+def vectorizes(executor: str, batch_size: int, backend: str | None = None) -> bool:
+    """Whether ``executor`` trains a group of compatible trials as one vmapped program: 'vectorized' always,
+    'sequential' never, 'auto' where that measured faster (accelerators; the CPU up to
+    ``CPU_VECTORIZED_MAX_BATCH``). ``backend``: 'cpu', 'gpu', 'tpu' (None: JAX's default backend)."""
+    if executor != "auto":
+        return executor == "vectorized"
+    return (backend or jax.default_backend()) != "cpu" or batch_size <= CPU_VECTORIZED_MAX_BATCH
+
+
+def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "auto",
               only: int | None = None, max_group: int = 8) -> list[dict]:  # fmt: skip
     """Runs (or resumes) the trials of ``points`` under ``sweep_dir`` and writes the table and plots.
 
-    ``only``: run just that trial index (for spreading trials by hand). ``max_group``: vectorized group size limit.
-    Returns the table rows.
+    ``executor``: one of :data:`EXECUTORS` (see :func:`vectorizes`). ``only``: run just that trial index (for spreading
+    trials by hand). ``max_group``: vectorized group size limit. Returns the table rows.
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown sweep executor {executor!r}; choose one of {EXECUTORS}")
@@ -345,26 +357,23 @@ def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "se
     # finished and diverged trials stand (training is deterministic); pending, interrupted and failed ones run
     todo = [i for i in selected if read_status(dirs[i])["status"] in ("pending", "running", "failed")]
     metrics.log_line(f"sweep of {len(points)} trials in {sweep_dir}: {len(todo)} to run ({executor})")
-    if executor == "vectorized":
-        groups: dict[str, list[int]] = {}
-        for i in todo:
-            groups.setdefault(group_key(configs[i]), []).append(i)
-        for members in groups.values():
-            for start in range(0, len(members), max_group):
-                chunk = members[start : start + max_group]
-                if len(chunk) == 1:
-                    run_trial(configs[chunk[0]], dirs[chunk[0]])
-                    continue
-                try:
-                    train_group([configs[i] for i in chunk], [dirs[i] for i in chunk])
-                except Exception as error:  # noqa: BLE001 - the group's trials are recorded as failed
-                    for i in chunk:
-                        metrics.write_json(
-                            dirs[i] / "results.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-                        )
-    else:
-        for i in todo:
-            run_trial(configs[i], dirs[i])
+    groups: dict[str, list[int]] = {}  # trials that run alone are groups of one, in trial order
+    for i in todo:
+        key = group_key(configs[i]) if vectorizes(executor, configs[i].data.batch_size) else str(i)
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        for start in range(0, len(members), max_group):
+            chunk = members[start : start + max_group]
+            if len(chunk) == 1:
+                run_trial(configs[chunk[0]], dirs[chunk[0]])
+                continue
+            try:
+                train_group([configs[i] for i in chunk], [dirs[i] for i in chunk])
+            except Exception as error:  # noqa: BLE001 - the group's trials are recorded as failed
+                for i in chunk:
+                    metrics.write_json(
+                        dirs[i] / "results.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+                    )
     return write_report(sweep_dir, points, dirs)
 
 

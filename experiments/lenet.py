@@ -27,7 +27,8 @@ def sweeps():
     """Named sweeps: ``python launch.py --experiment=lenet --sweep`` runs 'architecture', ``--sweep=NAME`` another.
 
     architecture: filter counts x kernel sizes x pool sizes (8 trials of 3 epochs, about 5 minutes here).
-    optimization: learning rate x weight decay x seed (12 trials; --sweep_executor=vectorized trains them as one group).
+    optimization: learning rate x weight decay x seed (12 trials; --sweep_executor=vectorized trains
+    the 6 of each seed as one group).
     """
     return {
         "architecture": sweep.product(

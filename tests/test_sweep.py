@@ -96,6 +96,21 @@ def test_vectorized_group_equals_solo_runs_and_does_not_recompile(tmp_path):
     assert group_step._cache_size() == 1
 
 
+def test_auto_executor_vectorizes_where_it_measured_faster(tmp_path):
+    assert sweep.vectorizes("auto", 16, "cpu") and not sweep.vectorizes("auto", 32, "cpu")
+    assert sweep.vectorizes("auto", 512, "gpu") and sweep.vectorizes("auto", 512, "tpu")
+    assert sweep.vectorizes("vectorized", 512, "cpu") and not sweep.vectorizes("sequential", 8, "gpu")
+    points = sweep.grid(**{"optim.learning_rate": [1e-3, 3e-3]})
+    for batch_size in (16, 32):  # on the CPU: one group, then two solo trials
+        grouped = sweep.vectorizes("auto", batch_size)
+        base = small_config(tmp_path, num_epochs=1)
+        base.data.batch_size = batch_size
+        sweep.run_sweep(base, points, tmp_path / f"batch{batch_size}")
+        for trial_dir in sweep.trial_dirs(tmp_path / f"batch{batch_size}", points):
+            result = json.loads((trial_dir / "results.json").read_text())
+            assert result["status"] == "done" and (result.get("executor") == "vectorized") == grouped
+
+
 def test_a_group_of_different_seeds_is_refused_before_any_work(tmp_path):
     base = small_config(tmp_path, num_epochs=1)
     configs = [sweep.trial_config(base, {"train.seed": seed}) for seed in (0, 1)]
