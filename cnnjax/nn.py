@@ -237,11 +237,13 @@ class BatchNorm(nn.Module):
 
     Params ``scale``, ``bias`` (C,); running ``mean``, ``var`` (C,) in ``batch_stats``. In training
     (``use_running_average=False``) call ``apply(..., mutable=['batch_stats'])`` to get the updated statistics.
+    ``fast_variance``: as in :func:`functional.batch_norm` (and Flax's ``use_fast_variance``).
     """
 
     use_running_average: bool | None = None
     momentum: float = 0.9
     epsilon: float = 1e-5
+    fast_variance: bool = True
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -259,6 +261,7 @@ class BatchNorm(nn.Module):
             training=not use_running_average,
             momentum=self.momentum,
             epsilon=self.epsilon,
+            fast_variance=self.fast_variance,
         )
         if not use_running_average and not self.is_initializing():
             mean.value, var.value = new_mean, new_var

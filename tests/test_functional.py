@@ -140,6 +140,15 @@ def test_batch_norm_training_normalizes_and_updates_running_statistics(rng):
     assert same_mean is new_mean and same_var is new_var
     expected = (np.asarray(x) - np.asarray(new_mean)) / np.sqrt(np.asarray(new_var) + 1e-5) * scale + bias
     np.testing.assert_allclose(y_eval, expected, rtol=1e-5, atol=1e-5)
+    y_train = F.batch_norm(x, scale, bias, mean, var, training=True)[0]
+    xs = np.asarray(x, np.float64)
+    expected = (xs - xs.mean(axis=(0, 1, 2))) / np.sqrt(xs.var(axis=(0, 1, 2)) + 1e-5) * scale + bias
+    np.testing.assert_allclose(y_train, expected, rtol=1e-4, atol=1e-4)
+    exact = F.batch_norm(x, scale, bias, mean, var, training=True, fast_variance=False)[0]
+    np.testing.assert_allclose(exact, expected, rtol=1e-4, atol=1e-4)
+    far = x - 3.0 + 1e4  # |mean| >> std: the two-pass variance stays accurate in float32
+    y_far = F.batch_norm(far, None, None, mean, var, training=True, fast_variance=False)[0]
+    np.testing.assert_allclose(jnp.var(y_far, axis=(0, 1, 2)), 1.0, atol=2e-2)
 
 
 def test_group_norm_matches_numpy_and_layer_norm_is_one_group(rng):
