@@ -440,24 +440,25 @@ def batch_norm(
     and the affine transform are folded into one per-channel ``x * a + b``: ResNet-20's CPU training step ran 1.25x
     faster than with ``(x - mean) * rsqrt(var + eps) * scale + bias`` and the two-pass variance.
     """
-    if not training:
-        mean, var = running_mean, running_var
-    else:
+    if training:
         axes = tuple(range(x.ndim - 1))
         mean = jnp.mean(x, axis=axes)
         if fast_variance:
             var = jnp.maximum(jnp.mean(jnp.square(x), axis=axes) - jnp.square(mean), 0.0)
         else:
             var = jnp.mean(jnp.square(x - per_channel(mean, x.ndim)), axis=axes)
+    else:
+        mean, var = running_mean, running_var
     multiplier = lax.rsqrt(var + jnp.array(epsilon, x.dtype))
     if scale is not None:
         multiplier = multiplier * scale
     offset = -mean * multiplier if bias is None else bias - mean * multiplier
     y = x * per_channel(multiplier, x.ndim) + per_channel(offset, x.ndim)
-    if not training:
-        return y, running_mean, running_var
-    momentum = jnp.array(momentum, x.dtype)
-    return y, momentum * running_mean + (1 - momentum) * mean, momentum * running_var + (1 - momentum) * var
+    if training:
+        momentum = jnp.array(momentum, x.dtype)
+        running_mean = momentum * running_mean + (1 - momentum) * mean
+        running_var = momentum * running_var + (1 - momentum) * var
+    return y, running_mean, running_var
 
 
 def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *, epsilon: float = 1e-5) -> Array:

@@ -271,6 +271,8 @@ def test_standardization_statistics_and_preprocessing_match_the_float_formula():
     np.testing.assert_allclose(out_test[:, 1:6, 1:7], (test / 255.0 - mean) / std, atol=1e-6)
     raw = pipeline.preprocess(train, [], data_config(standardize=False))[0]
     np.testing.assert_allclose(raw, train / 255.0, atol=1e-7)
+    with pytest.raises(data.DataError, match="data.standardize needs the raw uint8 images"):
+        pipeline.fit_standardize(train.astype(np.float32))
 
 
 def test_zca_whitening_gives_identity_covariance_on_train():

@@ -88,6 +88,11 @@ def fit_standardize(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Exact, from each channel's histogram of the 256 values (one pass over the bytes instead of float copies).
     """
+    if images.dtype != np.uint8:
+        raise DataError(
+            f"data.standardize needs the raw uint8 images of a dataset, got {images.dtype} images of shape "
+            f"{images.shape}; convert them with np.clip(images, 0, 255).astype(np.uint8) or set data.standardize=False"
+        )
     values = np.arange(256, dtype=np.float64) / 255.0
     counts = np.stack([np.bincount(images[..., c].ravel(), minlength=256) for c in range(images.shape[-1])])
     mean = counts @ values / counts.sum(axis=1)
