@@ -364,6 +364,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 jax.block_until_ready(step_metrics)
                 first_step_s = time.time() - started
             if step % c.log_every == 0 or i == steps_per_epoch - 1:
+                # steps are dispatched asynchronously: time the interval when its last step has finished
+                jax.block_until_ready(step_metrics)
                 elapsed = time.time() - interval_start
                 record = _train_record(
                     step, epoch, step_metrics, state["epoch_sums"], interval_steps * batch_size / elapsed

@@ -83,6 +83,34 @@ def test_smoke_run_of_each_experiment_learns(tmp_path, experiment):
     assert {"loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "images_per_sec"} <= set(step_records[0])
 
 
+def test_logged_images_per_sec_times_finished_steps(tmp_path, monkeypatch):
+    """Steps are dispatched asynchronously; each logging interval's images/s must count the time its steps took to
+    finish, so the intervals of an epoch add up to the epoch's time, not to the time it took to dispatch them."""
+    config = small_config(tmp_path, num_epochs=1, log_every=1)
+    real_steps = train.compiled_steps
+    matrix = jnp.full((700, 700), 1e-3)
+    slow = jax.jit(lambda m, a: jax.tree.map(lambda v: v + 0.0 * jnp.sum(a @ a @ a @ a), m))  # ~10 ms of work
+
+    def slow_steps(*args):
+        optimizer, train_fn, step, eval_fn, eval_step = real_steps(*args)
+
+        def slow_step(*step_args):
+            state, step_metrics = step(*step_args)
+            return state, slow(step_metrics, matrix)
+
+        return optimizer, train_fn, slow_step, eval_fn, eval_step
+
+    monkeypatch.setattr(train, "compiled_steps", slow_steps)
+    train.train_and_evaluate(config, tmp_path / "run")
+    records = metrics.read_records(tmp_path / "run" / "metrics.jsonl")
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    steps = [0] + [r["step"] for r in records if r["kind"] == "train"]
+    rates = [r["images_per_sec"] for r in records if r["kind"] == "train"]
+    interval_s = [(b - a) * config.data.batch_size / rate for a, b, rate in zip(steps, steps[1:], rates)]
+    compiling, *trained = interval_s  # the first interval holds the compilation
+    assert 0.6 * (epoch["elapsed_s"] - compiling) <= sum(trained) <= epoch["elapsed_s"] - compiling
+
+
 def test_lenet_reaches_high_accuracy_on_learnable_data(tmp_path):
     results = train.train_and_evaluate(small_config(tmp_path, num_epochs=6), tmp_path / "run")
     assert results["test_accuracy"] >= 0.9
