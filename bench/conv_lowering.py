@@ -4,6 +4,8 @@
 
 The layers of the benchmarked models at batch 128 (modern LeNet, the Flax MNIST CNN, cifar_cnn, ResNet-20's 3x3
 convs). Rounds are interleaved (A, B, A, B, ...) and medians printed with the ratio xla / patches (> 1: patches wins).
+Then the kernel gradient alone of the ResNet-20 layers (what a custom VJP could swap in: XLA's, which transposes
+both operands for an Eigen convolution, against patches^T @ dy), and max pooling's two implementations.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def fwd_bwd(op):
     return jax.jit(jax.grad(lambda x, w: jnp.sum(op(x, w) ** 2), argnums=(0, 1)))
 
 
+def kernel_grad(op):
+    """jit of the gradient w.r.t. the kernel alone of sum(op(x, w) * dy), as (w, x, dy) -> dw."""
+    return jax.jit(jax.grad(lambda w, x, dy: jnp.sum(op(x, w) * dy)))
+
+
 def median_times(candidates: dict, args, rounds: int) -> dict:
     for fn in candidates.values():
         jax.block_until_ready(fn(*args))
@@ -50,28 +57,31 @@ def median_times(candidates: dict, args, rounds: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def per_lowering(transform, padding, stride) -> dict:
+    """{lowering: transform(conv2d with that lowering, as (x, w) -> y)} for each of F.CONV_LOWERINGS."""
+    return {
+        lowering: transform(lambda x, w, lo=lowering: F.conv2d(x, w, padding=padding, stride=stride, lowering=lo))
+        for lowering in F.CONV_LOWERINGS
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     key = jax.random.key(0)
-    print(f"backend {jax.default_backend()}, batch {BATCH}, fwd+bwd, median ms of {args.rounds} interleaved rounds")
+    print(f"backend {jax.default_backend()}, batch {BATCH}, median ms of {args.rounds} interleaved rounds")
     for name, (shape, kernel_shape, padding, stride) in CONVS.items():
         x = jax.random.normal(key, (BATCH, *shape))
         w = jax.random.normal(key, kernel_shape)
-        t = median_times(
-            {
-                lowering: fwd_bwd(
-                    lambda x, w, lo=lowering, p=padding, s=stride: F.conv2d(x, w, padding=p, stride=s, lowering=lo)
-                )
-                for lowering in F.CONV_LOWERINGS
-            },
-            (x, w),
-            args.rounds,
-        )
-        print(
-            f"{name:>32}: xla {1e3 * t['xla']:7.2f}  patches {1e3 * t['patches']:7.2f}  ratio {t['xla'] / t['patches']:.2f}x"
-        )
+        timed = {f"{name} fwd+bwd": (per_lowering(fwd_bwd, padding, stride), (x, w))}
+        if name.startswith("resnet20 3x3"):
+            dy = F.conv2d(x, w, padding=padding, stride=stride)
+            timed[f"{name} dw"] = (per_lowering(kernel_grad, padding, stride), (w, x, dy))
+        for label, (candidates, inputs) in timed.items():
+            t = median_times(candidates, inputs, args.rounds)
+            print(f"{label:>40}: xla {1e3 * t['xla']:7.2f}  patches {1e3 * t['patches']:7.2f}  "
+                  f"ratio {t['xla'] / t['patches']:.2f}x")  # fmt: skip
     for shape in ((28, 28, 6), (28, 28, 32), (16, 16, 64)):
         x = jax.random.normal(key, (BATCH, *shape))
         window = jax.jit(

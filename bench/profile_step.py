@@ -15,6 +15,7 @@ import gzip
 import json
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -22,8 +23,9 @@ import workloads
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
-    """HLO instruction name -> its ``op_name`` metadata, from an optimized module's text."""
-    pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", re.MULTILINE)
+    """HLO instruction name -> its ``op_name`` metadata ('' where XLA added the instruction itself, e.g. the
+    transposes of convolution gradients), from an optimized module's text."""
+    pattern = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = [^\n]*?(?:op_name=\"([^\"]+)\"|$)", re.MULTILINE)
     return dict(pattern.findall(hlo_text))
 
 
@@ -48,13 +50,22 @@ def main() -> None:
     state = workloads.run_steps(step, state, batches)  # compile and warm up
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
+            start = time.perf_counter()
             workloads.run_steps(step, state, batches)
+            wall = time.perf_counter() - start
         totals = operation_times(Path(trace_dir))
     operations = {name: us for name, us in totals.items() if name in names}
     total = sum(operations.values())
-    print(f"{args.model}: {total / args.steps / 1e3:.2f} ms of XLA operations per step (batch {workloads.BATCH})")
+    print(
+        f"{args.model}: {total / args.steps / 1e3:.2f} ms of traced XLA operations in {1e3 * wall / args.steps:.2f} ms "
+        f"per step (batch {workloads.BATCH}); in the difference the profiler saw no operation run: XLA's own (Eigen) "
+        "convolutions, such as kernel gradients after transpose_copy fusions, run on threads it does not trace, and "
+        "it adds overhead of its own"
+    )
     for name, us in sorted(operations.items(), key=lambda item: -item[1])[: args.top]:
-        print(f"{us / args.steps / 1e3:8.2f} ms  {100 * us / total:5.1f}%  {name:<28} {names[name]}")
+        print(
+            f"{us / args.steps / 1e3:8.2f} ms  {100 * us / total:5.1f}%  {name:<28} {names[name] or '(added by XLA)'}"
+        )
 
 
 if __name__ == "__main__":
