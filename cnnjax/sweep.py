@@ -219,8 +219,8 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         for step_index in batches:
             state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(step_index), key, alive)
         sums = np.asarray(state["epoch_sums"], np.float64)
+        elapsed = time.time() - epoch_start  # training only, as in a solo run's epoch record
         val = _group_evaluate(group_eval, state, val_images, val_labels, base.data.eval_batch_size)
-        elapsed = time.time() - epoch_start
         train_time += elapsed
         alive_host, learning_rates = np.asarray(alive), np.asarray(step_metrics["learning_rate"])
         improved = (val[:, 1] > best) & alive_host & ~stopped
