@@ -453,7 +453,7 @@ def batch_norm(
     if scale is not None:
         multiplier = multiplier * scale
     offset = -mean * multiplier if bias is None else bias - mean * multiplier
-    y = x * per_channel(multiplier, x.ndim) + per_channel(offset, x.ndim)
+    y = _affine(x, multiplier, offset)
     if training:
         momentum = jnp.array(momentum, x.dtype)
         running_mean = momentum * running_mean + (1 - momentum) * mean

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, metrics, optim, train
+from cnnjax import checkpoint, metrics, models, optim, train
 from cnnjax.config import base_config
 from tests import fakes
 
@@ -308,8 +308,6 @@ def test_learning_rate_lives_in_the_optimizer_state():
 
 
 def test_initial_states_compile_once_per_model_and_depend_on_the_key():
-    from cnnjax import models
-
     model = models.get("lenet", filters=(2, 3), hidden=(5,))
     optimizer = optim.make_optimizer(optim_config(), 10, 1)
     first = train.init_state(model, optimizer, (12, 12, 1), jax.random.key(0))
