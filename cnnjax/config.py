@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
             "random_crop_padding": 0,  # augmentation: pad and randomly crop back
             "random_flip": False,  # augmentation: random left-right mirror
             "random_translate": 0.0,  # augmentation: random sub-pixel shift, in pixels
+            "test_time_flip": False,  # evaluation averages the outputs of each image and its mirror image
+            "test_time_shift": 0,  # > 0: ... and of its copies shifted by this many pixels up, down, left, right
         }
     )
     config.model = model_config("lenet")
@@ -74,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
             "num_epochs": 10,
             "seed": 0,
             "loss": "cross_entropy",  # cross_entropy | mse (one-of-c targets) | rbf (LeNet-5's RBF penalties)
+            "label_smoothing": 0.0,  # cross_entropy only: weight of the uniform target in the training loss
             "eval_every": 1,  # epochs between validation passes
             "checkpoint_every": 0,  # steps between extra mid-epoch checkpoints (0: only at epoch ends)
             "keep_checkpoints": 3,
@@ -136,6 +139,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(data.validation_size >= 0, "data.validation_size", data.validation_size, "must be >= 0")
     _check(data.random_crop_padding >= 0, "data.random_crop_padding", data.random_crop_padding, "must be >= 0")
     _check(data.random_translate >= 0, "data.random_translate", data.random_translate, "must be >= 0")
+    _check(data.test_time_shift >= 0, "data.test_time_shift", data.test_time_shift, "must be >= 0")
+    smoothing = train.label_smoothing
+    _check(0.0 <= smoothing < 1.0, "train.label_smoothing", smoothing, "must be in [0, 1)")
+    _check(
+        not smoothing or train.loss == "cross_entropy", "train.label_smoothing", smoothing,
+        f"smooths cross_entropy targets only; set it to 0 for train.loss={train.loss!r}",
+    )  # fmt: skip
     _check(data.zca_epsilon > 0, "data.zca_epsilon", data.zca_epsilon, "must be > 0")
     _check(train.num_epochs >= 1, "train.num_epochs", train.num_epochs, "must be >= 1")
     _check(train.eval_every >= 1, "train.eval_every", train.eval_every, "must be >= 1")

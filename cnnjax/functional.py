@@ -548,10 +548,16 @@ def _at_labels(values: Array, labels: Array) -> Array:
     return jnp.take_along_axis(values, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
-    """Cross-entropy of integer labels under softmax(logits). logits: (N, K); labels: (N,) ints. Returns (N,)."""
+def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: float = 0.0) -> Array:
+    """Cross-entropy of integer labels under softmax(logits). logits: (N, K); labels: (N,) ints. Returns (N,).
+
+    ``label_smoothing`` = e > 0: the target puts 1 - e + e / K on the label and e / K on every other class
+    (Szegedy et al., 2016), as ``optax.smooth_labels`` does."""
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    return -_at_labels(log_probs, labels)
+    nll = -_at_labels(log_probs, labels)
+    if not label_smoothing:
+        return nll
+    return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, axis=-1)
 
 
 def mean_squared_error(outputs: Array, labels: Array, *, on_value: float = 1.0, off_value: float = 0.0) -> Array:

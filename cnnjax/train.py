@@ -136,13 +136,16 @@ def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: st
     return jax.jit(step_fn, donate_argnums=0, compiler_options=backend.compiler_options(ynn_fusion))
 
 
-def train_step_fn(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32"):
+def train_step_fn(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", label_smoothing=0.0):
     """The pure training step (state, images, labels, batch_index, key) -> (state, metrics), to jit or vmap.
 
     With ``compute_dtype='bfloat16'`` the forward and backward passes run in bfloat16 on bfloat16 copies of the
-    float32 parameters; the loss, gradients, optimizer and parameters stay float32.
+    float32 parameters; the loss, gradients, optimizer and parameters stay float32. ``label_smoothing``: as
+    ``config.train.label_smoothing`` (cross_entropy only).
     """
     loss_fn, scores_fn = LOSSES[loss_name]
+    if label_smoothing:
+        loss_fn = functools.partial(loss_fn, label_smoothing=label_smoothing)
     dtype = jnp.dtype(compute_dtype)
 
     def train_step(state, images, labels, batch_index, key):
@@ -184,16 +187,20 @@ def train_step_fn(model, optimizer, loss_name: str, augment, compute_dtype: str 
     return train_step
 
 
-def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32"):
+def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_time_views=None):
     """The pure evaluation step (params, model_state, images, labels, batch_index, weights) -> sums (loss, correct,
-    count) of one padded batch."""
+    count) of one padded batch. ``test_time_views``: images (N, H, W, C) -> a list of such arrays (e.g.
+    ``data.test_time_views``) whose outputs are averaged before the loss and the accuracy (test-time augmentation)."""
     loss_fn, scores_fn = LOSSES[loss_name]
     dtype = jnp.dtype(compute_dtype)
+    views_of = test_time_views or (lambda images: [images])
 
     def eval_step(params, model_state, images, labels, batch_index, weights):
         x, y = images[batch_index], labels[batch_index]
         variables = cast_floats({"params": params, **model_state}, dtype)
-        outputs = model.apply(variables, cast_floats(x, dtype), train=False).astype(jnp.float32)
+        views = views_of(x)
+        outputs = sum(model.apply(variables, cast_floats(view, dtype), train=False) for view in views)
+        outputs = outputs.astype(jnp.float32) / len(views)
         correct = (jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32)
         return jnp.stack([jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
@@ -201,13 +208,13 @@ def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32"):
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, augment_items: tuple,
-                  compute_dtype: str, ynn_fusion: str):  # fmt: skip
+def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, label_smoothing: float,
+                  augment_items: tuple, view_items: tuple, compute_dtype: str, ynn_fusion: str):  # fmt: skip
     optim_config = ml_collections.ConfigDict(dict(optim_items))
     optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs)
     augment = functools.partial(data.augment, **dict(augment_items))
-    train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype)
-    eval_fn = eval_step_fn(model, loss, compute_dtype)
+    train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype, label_smoothing)
+    eval_fn = eval_step_fn(model, loss, compute_dtype, functools.partial(data.test_time_views, **dict(view_items)))
     options = backend.compiler_options(ynn_fusion)
     train_step = jax.jit(train_fn, donate_argnums=0, compiler_options=options)
     return optimizer, train_fn, train_step, eval_fn, jax.jit(eval_fn, compiler_options=options)
@@ -215,7 +222,7 @@ def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: i
 
 def compiled_steps(config, model, steps_per_epoch: int):
     """(optimizer, train_fn, jitted train step, eval_fn, jitted eval step) for ``config``, shared by every run in
-    this process whose model, optimizer structure, loss and augmentation agree: trials that differ only in
+    this process whose model, optimizer structure, loss and augmentations agree: trials that differ only in
     ``optim.INJECTED`` values or the seed reuse the compiled steps (the values live in the optimizer state; set them
     with ``optim.with_hyperparams``)."""
     defaults = config_lib.base_config().optim
@@ -225,9 +232,10 @@ def compiled_steps(config, model, steps_per_epoch: int):
         ("flip", config.data.random_flip),
         ("translate", config.data.random_translate),
     )
+    view_items = (("flip", config.data.test_time_flip), ("shift", config.data.test_time_shift))
     return _cached_steps(
-        model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, augment_items,
-        config.train.compute_dtype, config.train.xla_cpu_ynn_fusion,
+        model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
+        augment_items, view_items, config.train.compute_dtype, config.train.xla_cpu_ynn_fusion,
     )  # fmt: skip
 
 
@@ -493,7 +501,8 @@ def visualize(config, workdir: str | Path, image_index: int = 0) -> dict[str, Pa
     checkpoints.close()
     variables = {"params": state["params"], **state["model_state"]}
     _, scores_fn = LOSSES[config.train.loss]
-    predict = jax.jit(lambda x: jnp.argmax(scores_fn(model.apply(variables, x)), axis=-1))
+    views = functools.partial(data.test_time_views, flip=config.data.test_time_flip, shift=config.data.test_time_shift)
+    predict = jax.jit(lambda x: jnp.argmax(scores_fn(sum(model.apply(variables, v) for v in views(x))), axis=-1))
     images, labels = splits.test
     predictions = np.concatenate([np.asarray(predict(images[i : i + 1000])) for i in range(0, len(images), 1000)])
 

@@ -339,6 +339,22 @@ def test_random_crop_is_a_shift_of_each_image_and_flip_mirrors():
     assert all(m or s for m, s in zip(mirrored, same)) and 0 < sum(mirrored) < 16
 
 
+def test_test_time_views_are_the_image_its_whole_pixel_shifts_and_their_mirrors():
+    images = jnp.asarray(RNG.standard_normal((3, 6, 6, 2)), jnp.float32)
+    assert len(data.test_time_views(images)) == 1 and len(data.test_time_views(images, flip=True)) == 2
+    views = [np.asarray(v) for v in data.test_time_views(images, flip=True, shift=2)]
+    assert len(views) == 10
+    x = np.asarray(images)
+    np.testing.assert_array_equal(views[0], x)
+    np.testing.assert_array_equal(views[1][:, 2:], x[:, :-2])  # shifted down: zeros come in at the top
+    np.testing.assert_array_equal(views[1][:, :2], 0.0)
+    np.testing.assert_array_equal(views[2][:, :-2], x[:, 2:])  # up
+    np.testing.assert_array_equal(views[3][:, :, 2:], x[:, :, :-2])  # right
+    np.testing.assert_array_equal(views[4][:, :, :-2], x[:, :, 2:])  # left
+    for view, mirrored in zip(views[:5], views[5:]):
+        np.testing.assert_array_equal(mirrored, view[:, :, ::-1])
+
+
 def test_translate_by_whole_pixels_shifts_in_zeros_and_random_translate_varies():
     images = jnp.asarray(RNG.standard_normal((2, 6, 6, 1)), jnp.float32)
     out = np.asarray(augmentation.translate(images, jnp.array([[1.0, 0.0], [0.0, -2.0]])))

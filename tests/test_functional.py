@@ -201,6 +201,9 @@ def test_losses(rng):
     labels = np.array([0, 3, 1, 1, 2])
     log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(F.softmax_cross_entropy(logits, labels), -log_probs[np.arange(5), labels], rtol=1e-5)
+    targets = 0.9 * np.eye(4)[labels] + 0.1 / 4  # label smoothing 0.1 over 4 classes
+    smoothed = F.softmax_cross_entropy(logits, labels, label_smoothing=0.1)
+    np.testing.assert_allclose(smoothed, -(targets * log_probs).sum(axis=1), rtol=1e-5)
     outputs = jnp.array([[1.0, -1.0, 0.0]])
     # targets +1 at the label, -1 elsewhere (LeNet's tanh targets): errors (0, 0, 1) -> mean 1/3
     np.testing.assert_allclose(F.mean_squared_error(outputs, jnp.array([0]), off_value=-1.0), [1 / 3], rtol=1e-6)

@@ -1,5 +1,6 @@
 """Training loop, optimizers, checkpoints, resume, divergence and the launcher, on small generated data."""
 
+import functools
 import importlib
 import json
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, metrics, models, optim, train
+from cnnjax import checkpoint, data, metrics, models, optim, train
 from cnnjax.config import base_config
 from tests import fakes
 
@@ -210,6 +211,8 @@ def test_early_stopping_keeps_the_best_checkpoint_for_the_test(tmp_path):
         ("optim", "schedule", "linear", r"config.optim.schedule='linear' is invalid"),
         ("train", "loss", "hinge", r"config.train.loss='hinge' is invalid"),
         ("data", "batch_size", 0, r"config.data.batch_size=0 is invalid"),
+        ("data", "test_time_shift", -1, r"config.data.test_time_shift=-1 is invalid: must be >= 0"),
+        ("train", "label_smoothing", 1.0, r"config.train.label_smoothing=1.0 is invalid: must be in \[0, 1\)"),
         ("model", "kernel_size", 15, r"^Conv2D 'conv2': a 15x15 kernel .* 14x14 feature map.*larger input\.$"),
         ("model", "num_classes", 7, r"outputs 7 classes but the dataset has 10; set --config.model.num_classes=10"),
     ],
@@ -222,6 +225,46 @@ def test_bad_config_values_are_rejected_before_loading_data(tmp_path, section, k
     with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_label_smoothing_needs_the_cross_entropy_loss(tmp_path):
+    config = base_config()
+    config.train.loss, config.train.label_smoothing = "mse", 0.1
+    with pytest.raises(ValueError, match=r"smooths cross_entropy targets only; set it to 0 for train.loss='mse'"):
+        train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_label_smoothing_changes_the_training_loss_only():
+    model = models.get("lenet")
+    optimizer = optim.make_optimizer(base_config().optim, steps_per_epoch=1, num_epochs=1)
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((8, 28, 28, 1)), jnp.float32)
+    labels = jnp.arange(8, dtype=jnp.int32) % 10
+    key = jax.random.key(0)
+    state = train.init_state(model, optimizer, (28, 28, 1), key)
+    plain = train.train_step_fn(model, optimizer, "cross_entropy", lambda k, x: x)
+    smoothed = train.train_step_fn(model, optimizer, "cross_entropy", lambda k, x: x, label_smoothing=0.2)
+    logits = model.apply({"params": state["params"]}, images)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, 10), 0.2)
+    expected = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    batch = (images, labels, jnp.arange(8), key)
+    np.testing.assert_allclose(smoothed(state, *batch)[1]["loss"], expected, rtol=1e-5)
+    assert abs(float(plain(state, *batch)[1]["loss"]) - float(expected)) > 1e-3
+
+
+def test_test_time_views_average_the_outputs_of_the_mirrored_and_shifted_images():
+    model = models.get("lenet")
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((6, 28, 28, 1)), jnp.float32)
+    labels = jnp.arange(6, dtype=jnp.int32)
+    variables = model.init(jax.random.key(0), images)
+    views = functools.partial(data.test_time_views, flip=True, shift=1)
+    eval_step = train.eval_step_fn(model, "cross_entropy", test_time_views=views)
+    loss_sum, _, count = eval_step(variables["params"], {}, images, labels, jnp.arange(6), jnp.ones(6))
+    outputs = np.mean([model.apply(variables, view) for view in views(images)], axis=0)
+    expected = np.sum(optax.softmax_cross_entropy_with_integer_labels(outputs, labels))
+    np.testing.assert_allclose(loss_sum, expected, rtol=1e-5)
+    plain_sum = train.eval_step_fn(model, "cross_entropy")(variables["params"], {}, images, labels, jnp.arange(6),
+                                                           jnp.ones(6))[0]  # fmt: skip
+    assert count == 6 and abs(float(plain_sum) - float(expected)) > 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from cnnjax import models, summary, train
 from tests.test_train import small_config
 
 KEY = jax.random.key(0)
-ZOO = ["lenet", "cifar_cnn", "alexnet", "vgg", "nin", "googlenet", "resnet"]
+ZOO = ["lenet", "cifar_cnn", "alexnet", "vgg", "nin", "googlenet", "resnet", "resnet9"]
 
 
 def count(params) -> int:
@@ -37,6 +37,7 @@ def test_every_model_works_on_both_input_shapes_and_has_a_summary(name, shape):
         ("resnet", dict(depth=20), (32, 32, 3), 269_722),
         ("resnet", dict(depth=56), (32, 32, 3), 853_018),
         ("resnet", dict(depth=18, stem="imagenet", num_classes=1000), (224, 224, 3), 11_689_512),
+        ("resnet9", dict(), (32, 32, 3), 6_573_130),  # Page's DAWNBench ResNet-9 on CIFAR-10
         ("vgg", dict(depth=16, width=1.0, norm="none", head="imagenet", num_classes=1000), (224, 224, 3), 138_357_544),
     ],
 )

@@ -5,7 +5,7 @@ the preprocessed train / validation / test splits of an experiment's ``data`` co
 ``eval_batches`` the index arrays a training loop gathers its batches with; ``augment`` the on-device augmentations.
 """
 
-from cnnjax.data.augmentation import augment, random_crop, random_flip, random_translate
+from cnnjax.data.augmentation import augment, random_crop, random_flip, random_translate, test_time_views
 from cnnjax.data.pipeline import Splits, eval_batches, load_splits, steps_per_epoch, train_batches
 from cnnjax.data.sources import DATASETS, DataError, DatasetSpec
 from cnnjax.data.tfds_builders import load, prepare
@@ -24,5 +24,6 @@ __all__ = [
     "random_flip",
     "random_translate",
     "steps_per_epoch",
+    "test_time_views",
     "train_batches",
 ]

@@ -52,6 +52,19 @@ def random_translate(key: jax.Array, images: jax.Array, *, max_shift: float) -> 
     return translate(images, jax.random.uniform(key, (images.shape[0], 2), images.dtype, -max_shift, max_shift))
 
 
+def test_time_views(images: jax.Array, *, flip: bool = False, shift: int = 0) -> list[jax.Array]:
+    """The views of ``images`` whose predictions test-time augmentation averages: the images, their copies shifted
+    by ``shift`` pixels up, down, left and right (zeros shifted in, as ``random_crop`` pads), and the mirror images
+    of all of these when ``flip``. images: (N, H, W, C); returns 1, 2, 5 or 10 arrays of that shape."""
+    views = [images]
+    if shift:
+        n, h, w, c = images.shape
+        padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+        offsets = [(0, shift), (2 * shift, shift), (shift, 0), (shift, 2 * shift)]
+        views += [padded[:, top : top + h, left : left + w, :] for top, left in offsets]
+    return views + [view[:, :, ::-1, :] for view in views] if flip else views
+
+
 def augment(
     key: jax.Array, images: jax.Array, *, crop_padding: int = 0, flip: bool = False, translate: float = 0.0
 ) -> jax.Array:

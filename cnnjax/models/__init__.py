@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from cnnjax.models.cifar import CifarCNN
 from cnnjax.models.classic import VGG, AlexNet, GoogLeNet, NiN
 from cnnjax.models.lenet import LeNet, LeNet5Classic
-from cnnjax.models.resnet import ResNet
+from cnnjax.models.resnet import ResNet, ResNet9
 
 MODELS: dict[str, type[nn.Module]] = {
     "lenet": LeNet,
@@ -26,6 +26,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "nin": NiN,
     "googlenet": GoogLeNet,
     "resnet": ResNet,
+    "resnet9": ResNet9,
 }
 
 

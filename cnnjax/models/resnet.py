@@ -1,4 +1,5 @@
-"""ResNet (He et al., 2015/2016): the CIFAR family (ResNet-20/32/44/56/110) and the ImageNet ResNet-18/34/50/101/152.
+"""ResNet (He et al., 2015/2016): the CIFAR family (ResNet-20/32/44/56/110), the ImageNet ResNet-18/34/50/101/152,
+and the DAWNBench ResNet-9 (Page, 2018).
 
 Residual shortcuts let the gradient bypass each block, which is what makes these depths trainable.
 """
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 
 from cnnjax import functional as F
 from cnnjax import nn as cnn
-from cnnjax.models.blocks import normalization
+from cnnjax.models.blocks import conv_norm_relu, normalization
 
 IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -120,3 +121,33 @@ class ResNet(nn.Module):
             block = BasicBlock if self.depth < 50 else Bottleneck
             return IMAGENET_STAGES[self.depth], block, "projection", self.width or 64
         raise ValueError(f"model.stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+
+
+class ResNet9(nn.Module):
+    """The DAWNBench ResNet-9 of Page, "How to train your ResNet" (2018): few layers, pooling early, wide channels,
+    which makes it fast per image for its accuracy. (N, H, W, C) -> logits (N, num_classes).
+
+    prep conv (``width``) -> conv (2 ``width``) + 2x2 max pool + a residual pair of convs -> conv (4 ``width``) +
+    pool -> conv (8 ``width``) + pool + a residual pair -> global max pool -> dense, times ``output_scale``; every
+    conv is 3x3 -> norm -> ReLU. ``width=64`` is the original (6,573,130 parameters on CIFAR-10); 28x28 inputs pool
+    to 14, 7 and 3.
+    """
+
+    width: int = 64
+    norm: str = "batch"
+    output_scale: float = 0.125
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        def conv(x, scale: int, name: str):
+            return conv_norm_relu(x, scale * self.width, 3, name=name, norm=self.norm, train=train)
+
+        x = conv(x, 1, "prep")
+        x = cnn.MaxPool2D(2, name="pool1")(conv(x, 2, "layer1"))
+        x = x + conv(conv(x, 2, "residual1a"), 2, "residual1b")
+        x = cnn.MaxPool2D(2, name="pool2")(conv(x, 4, "layer2"))
+        x = cnn.MaxPool2D(2, name="pool3")(conv(x, 8, "layer3"))
+        x = x + conv(conv(x, 8, "residual3a"), 8, "residual3b")
+        x = cnn.GlobalMaxPool(name="pool")(x)
+        return cnn.Dense(self.num_classes, name="logits")(x) * self.output_scale
