@@ -80,6 +80,7 @@ def test_batch_norm_models_keep_running_statistics():
         ("resnet", dict(norm="instance"), "model.norm must be one of"),
         ("vgg", dict(head="mlp"), "model.head must be 'imagenet' or 'cifar'"),
         ("alexnet", dict(filters=(64, 0, 384, 256, 256)), r"Conv2D 'conv2': the number of filters must be >= 1"),
+        ("resnet9", dict(width=0), r"Conv2D 'prep': the number of filters must be >= 1"),
     ],
 )
 def test_impossible_hyperparameters_are_clear_errors(name, fields, message):
