@@ -10,6 +10,7 @@ Pooling after the first two convs makes it twice as fast per image as ResNet-20 
 images/s at batch 128, 35 MFLOPs per image). Measured there: 94.3% test accuracy (94.5% validation) in 25.1 minutes
 (24.2 of them training) with seed 0 and no test-time shifts; as configured (test-time shifts, ~10 s per evaluation)
 94.6% (94.9% validation) in 28.6 minutes (25.1 training) with ``--config.train.seed=1``.
+``--config.train.label_smoothing=0.1`` (seed 0) gave 94.7%: no gain beyond one seed's noise.
 """
 
 from cnnjax.config import base_config, model_config, modern_recipe
