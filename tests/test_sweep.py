@@ -75,6 +75,7 @@ def test_sequential_sweep_records_failures_resumes_and_reports(tmp_path, monkeyp
 
 def test_vectorized_group_equals_solo_runs_and_does_not_recompile(tmp_path):
     base = small_config(tmp_path, num_epochs=2)
+    base.train.label_smoothing, base.data.test_time_shift = 0.1, 1  # vmapped too: the smoothed loss, the views
     points = sweep.grid(**{"optim.learning_rate": [1e-3, 3e-3], "train.seed": [0, 1]})
     solo = sweep.run_sweep(base, points, tmp_path / "solo", executor="sequential")
     vectorized = sweep.run_sweep(base, points, tmp_path / "vectorized", executor="vectorized")
