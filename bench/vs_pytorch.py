@@ -1,7 +1,7 @@
 """Training throughput of cnnjax against PyTorch eager on this machine, measured side by side.
 
     .venv/bin/pip install torch==2.13.0   # the CPU wheel on this machine's disk
-    .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=30] [--models=lenet,mnist_cnn,cifar_cnn,resnet20]
+    .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=30] [--models=lenet,mnist_cnn,cifar_cnn,resnet20,resnet9]
 
 For each model the same architecture, batch (128), optimizer (Adam 1e-3) and data shape are trained in rounds that
 alternate cnnjax (its real jitted train step: device-resident data, donated state) and PyTorch eager; the medians of
@@ -71,11 +71,32 @@ def torch_resnet20():
     return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
 
 
+def torch_resnet9(width: int = 16):
+    def conv(cin, cout):
+        return [tnn.Conv2d(cin, cout, 3, padding=1, bias=False), tnn.BatchNorm2d(cout), tnn.ReLU()]
+
+    class Residual(tnn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.body = tnn.Sequential(*conv(channels, channels), *conv(channels, channels))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    w = width
+    return tnn.Sequential(
+        *conv(1, w), *conv(w, 2 * w), tnn.MaxPool2d(2), Residual(2 * w), *conv(2 * w, 4 * w), tnn.MaxPool2d(2),
+        *conv(4 * w, 8 * w), tnn.MaxPool2d(2), Residual(8 * w), tnn.AdaptiveMaxPool2d(1), tnn.Flatten(),
+        tnn.Linear(8 * w, 10),
+    )  # fmt: skip
+
+
 TORCH_MODELS = {
     "lenet": torch_lenet,
     "mnist_cnn": torch_mnist_cnn,
     "cifar_cnn": torch_cifar_cnn,
     "resnet20": torch_resnet20,
+    "resnet9": torch_resnet9,
 }
 
 

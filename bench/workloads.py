@@ -11,7 +11,7 @@ import numpy as np
 
 from cnnjax import models, optim, train
 from cnnjax.config import base_config
-from experiments import resnet
+from experiments import resnet, resnet9
 
 BATCH = 128
 
@@ -25,6 +25,7 @@ MODELS = {
     ),
     "cifar_cnn": (lambda: models.get("cifar_cnn"), (32, 32, 3), ""),
     "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3), resnet.get_config().train.xla_cpu_ynn_fusion),
+    "resnet9": (lambda: models.get("resnet9", width=16), (28, 28, 1), resnet9.get_config().train.xla_cpu_ynn_fusion),
 }
 
 
