@@ -136,7 +136,9 @@ def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: st
     return jax.jit(step_fn, donate_argnums=0, compiler_options=backend.compiler_options(ynn_fusion))
 
 
-def train_step_fn(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", label_smoothing=0.0):
+def train_step_fn(
+    model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", label_smoothing: float = 0.0
+):
     """The pure training step (state, images, labels, batch_index, key) -> (state, metrics), to jit or vmap.
 
     With ``compute_dtype='bfloat16'`` the forward and backward passes run in bfloat16 on bfloat16 copies of the
@@ -198,13 +200,21 @@ def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_tim
     def eval_step(params, model_state, images, labels, batch_index, weights):
         x, y = images[batch_index], labels[batch_index]
         variables = cast_floats({"params": params, **model_state}, dtype)
-        views = views_of(x)
-        outputs = sum(model.apply(variables, cast_floats(view, dtype), train=False) for view in views)
-        outputs = outputs.astype(jnp.float32) / len(views)
+        outputs = averaged_outputs(model, variables, [cast_floats(view, dtype) for view in views_of(x)])
         correct = (jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32)
         return jnp.stack([jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)])
 
     return eval_step
+
+
+def averaged_outputs(model, variables, views: list) -> jax.Array:
+    """The model's evaluation outputs (N, num_classes), float32, averaged over ``views`` (arrays (N, H, W, C))."""
+    return sum(model.apply(variables, view, train=False) for view in views).astype(jnp.float32) / len(views)
+
+
+def _view_items(config) -> tuple:
+    """``data.test_time_views``'s keyword arguments for ``config``, as hashable items."""
+    return (("flip", config.data.test_time_flip), ("shift", config.data.test_time_shift))
 
 
 @functools.lru_cache(maxsize=8)
@@ -232,10 +242,9 @@ def compiled_steps(config, model, steps_per_epoch: int):
         ("flip", config.data.random_flip),
         ("translate", config.data.random_translate),
     )
-    view_items = (("flip", config.data.test_time_flip), ("shift", config.data.test_time_shift))
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
-        augment_items, view_items, config.train.compute_dtype, config.train.xla_cpu_ynn_fusion,
+        augment_items, _view_items(config), config.train.compute_dtype, config.train.xla_cpu_ynn_fusion,
     )  # fmt: skip
 
 
@@ -501,8 +510,8 @@ def visualize(config, workdir: str | Path, image_index: int = 0) -> dict[str, Pa
     checkpoints.close()
     variables = {"params": state["params"], **state["model_state"]}
     _, scores_fn = LOSSES[config.train.loss]
-    views = functools.partial(data.test_time_views, flip=config.data.test_time_flip, shift=config.data.test_time_shift)
-    predict = jax.jit(lambda x: jnp.argmax(scores_fn(sum(model.apply(variables, v) for v in views(x))), axis=-1))
+    views_of = functools.partial(data.test_time_views, **dict(_view_items(config)))
+    predict = jax.jit(lambda x: jnp.argmax(scores_fn(averaged_outputs(model, variables, views_of(x))), axis=-1))
     images, labels = splits.test
     predictions = np.concatenate([np.asarray(predict(images[i : i + 1000])) for i in range(0, len(images), 1000)])
 
