@@ -192,19 +192,20 @@ CONV_LOWERINGS = ("xla", "patches", "banded")
 def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = None) -> str:
     """The faster lowering for an HWIO kernel on ``backend`` ('cpu', 'gpu', 'tpu'; None: JAX's default backend).
 
-    On the CPU XLA's convolution is weakest for large kernels from few input to few output channels (LeNet's 5x5
-    convs: 'banded' runs their forward and kernel gradient 2-3x faster, bench/conv_lowering.py); with more channels
-    (even the 3->64 first conv of ``cifar_cnn``), or on GPU and TPU, ``lax.conv`` wins.
+    On the CPU XLA's convolution is weakest over few input channels: 'banded' ran the first convs of LeNet, the
+    Flax MNIST CNN and ResNet-20, and LeNet's 6-channel second conv, 1.4-3.9x faster forward and backward
+    (bench/conv_lowering.py); from 8 input channels on, or on GPU and TPU, ``lax.conv`` wins.
     """
-    kh, kw, group_in, out_channels = kernel_shape
-    few_channels_big_kernel = group_in <= 8 and out_channels <= 16 and kh * kw >= 16
-    return "banded" if (backend or jax.default_backend()) == "cpu" and few_channels_big_kernel else "xla"
+    group_in = kernel_shape[2]
+    return "banded" if (backend or jax.default_backend()) == "cpu" and group_in <= 6 else "xla"
 
 
-def band_block(out_width: int, out_channels: int) -> int:
-    """Output columns per block of the 'banded' lowering: the largest divisor of ``out_width`` whose block has at most
-    32 outputs (block * out_channels), which ran LeNet's convs fastest (4 for 28 x 6, 2 for 10 x 16) on the CPU."""
-    return max(b for b in range(1, out_width + 1) if out_width % b == 0 and (b == 1 or b * out_channels <= 32))
+def band_block(out_width: int, channels: int) -> int:
+    """Output columns per block of the 'banded' lowering for ``channels`` input channels: the largest divisor of
+    ``out_width`` up to 4 for one channel, up to 2 for more, which ran those layers fastest on the CPU
+    (bench/conv_lowering.py)."""
+    limit = 4 if channels == 1 else 2
+    return max(b for b in range(1, min(limit, out_width) + 1) if out_width % b == 0)
 
 
 def conv2d(
@@ -229,14 +230,15 @@ def conv2d(
     rotated by 180 degrees, ``conv2d(x, kernel[::-1, ::-1])``; since kernels are learned the distinction only
     matters when loading filters defined as convolutions.
 
-    ``lowering`` picks the implementation (same results to float rounding), so that on the CPU the forward pass and
-    both gradients can be matrix products instead of XLA's convolutions: 'xla' calls ``lax.conv_general_dilated``;
+    ``lowering`` picks the implementation (same results to float rounding): 'xla' calls ``lax.conv_general_dilated``;
     'patches' gathers the kh * kw shifted views of the padded input into patches (N, H_out, W_out, kh * kw * C)
-    (im2col) and multiplies them with the kernel as a matrix; 'banded' multiplies patches of B output columns
-    (N, H_out, W_out / B, kh * span * C, with span the B * stride + kw - stride input columns they see) with a
-    banded matrix built from the kernel (kh * span * C, B * O): more FLOPs than im2col, as they hit zeros, but
-    patches (kw / span) * B times smaller and a matrix product wide enough to run near the CPU's peak
-    (:func:`band_block` picks B). None picks per kernel shape with :func:`default_conv_lowering`.
+    (im2col) and multiplies them with the kernel as a matrix, so that the forward pass and both gradients are matrix
+    products; 'banded' folds each B * stride input columns into the channels, a free reshape in NHWC
+    (N, H, W / (B * stride), B * stride * C), and convolves that with a banded kernel built from the original one,
+    (kh, F, B * stride * C, B * O) with F = ((B - 1) * stride + (kw - 1) * dilation) // (B * stride) + 1, whose
+    zeros leave each of a block's B outputs its own kw taps; the output (N, H_out, W_out / B, B * O) is the result,
+    reshaped. More FLOPs, but a convolution over B times more channels, which XLA:CPU runs far faster when the
+    input has only a few (:func:`band_block` picks B). None picks per kernel shape with :func:`default_conv_lowering`.
     """
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
@@ -252,43 +254,67 @@ def conv2d(
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=groups,
         )
-    elif lowering in ("patches", "banded"):
-        y = _conv_banded(x, kernel, stride, dilation, pads, groups, banded=lowering == "banded")
+    elif lowering == "patches":
+        y = _conv_patches(x, kernel, stride, dilation, pads, groups)
+    elif lowering == "banded":
+        y = _conv_banded(x, kernel, stride, dilation, pads, groups)
     else:
         raise ValueError(f"conv2d: lowering must be one of {CONV_LOWERINGS} or None, got {lowering!r}")
     return y if bias is None else y + per_channel(bias, y.ndim)
 
 
-def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int, *, banded: bool) -> Array:
-    """conv2d as patches of B output columns @ a banded kernel matrix (B = 1: im2col, the plain kernel matrix):
-    x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
+def _conv_patches(x: Array, kernel: Array, stride, dilation, pads, groups: int) -> Array:
+    """conv2d as patches @ kernel: x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
     kh, kw, group_in, out_channels = kernel.shape
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     n, h, w, channels = x.shape
     out_h = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     out_w = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    block = band_block(out_w, out_channels) if banded else 1
-    blocks, taps = out_w // block, dilation[1] * np.arange(kw)  # each block's taps: the columns its first output sees
-    if block == 1:  # im2col: gather the kw taps themselves
-        cols = _concat_views(x, axis=2, taps=kw, step=dilation[1], stride=stride[1], size=out_w)
-        selection = np.eye(kw)[:, :, None]  # (kw, span = kw, 1)
-    else:  # each block sees a contiguous span of input columns; the band selects tap v of output j from it
-        span = (block - 1) * stride[1] + taps[-1] + 1
-        cols = _concat_views(x, axis=2, taps=span, step=1, stride=block * stride[1], size=blocks)
-        selection = np.arange(span)[None, :, None] == taps[:, None, None] + stride[1] * np.arange(block)
-    # in two passes, the width taps, then kh shifts of those rows: copying runs of span * C values is 2.5x faster on
-    # the CPU than gathering the kh * kw single-pixel views at once (LeNet's first layer). (N, Ho, blocks, kh*span*C)
-    rows = _concat_views(cols, axis=1, taps=kh, step=dilation[0], stride=stride[0], size=out_h)
-    span = selection.shape[1]
-    kernel = kernel.reshape(kh, kw, group_in, groups, out_channels // groups)
-    band = jnp.einsum("vpj,uvcgo->upgcjo", selection.astype(kernel.dtype), kernel)  # zeros off the band
+    # in two passes, the kw shifts along the width, then kh shifts of those rows: copying runs of kw * C values is
+    # 2.5x faster on the CPU than gathering the kh * kw single-pixel views at once (LeNet's first layer)
+    rows = _concat_views(x, axis=2, taps=kw, step=dilation[1], stride=stride[1], size=out_w)  # (N, H, Wo, kw * C)
+    patches = _concat_views(rows, axis=1, taps=kh, step=dilation[0], stride=stride[0], size=out_h)  # (.., kh*kw*C)
     if groups == 1:
-        y = rows @ band.reshape(kh * span * group_in, block * out_channels)
-    else:
-        rows = rows.reshape(n, out_h, blocks, kh * span, groups, group_in)
-        band = band.reshape(kh * span, groups, group_in, block, out_channels // groups)
-        y = jnp.einsum("nhbkgc,kgcjo->nhbjgo", rows, band)
-    return y.reshape(n, out_h, out_w, out_channels)
+        return patches @ kernel.reshape(kh * kw * channels, out_channels)
+    patches = patches.reshape(n, out_h, out_w, kh * kw, groups, group_in)
+    grouped_kernel = kernel.reshape(kh * kw, group_in, groups, out_channels // groups)
+    return jnp.einsum("nhwkgc,kcgo->nhwgo", patches, grouped_kernel).reshape(n, out_h, out_w, out_channels)
+
+
+def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int, block: int | None = None) -> Array:
+    """conv2d as ``lax.conv`` on the input's width folded into channels, blocks of ``block`` output columns at a time
+    (None: :func:`band_block`): x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
+    if groups > 1:  # one banded convolution per group; JAX batches them into one grouped convolution
+        grouped = lambda xg, kg: _conv_banded(xg, kg, stride, dilation, pads, 1, block)  # noqa: E731
+        x = x.reshape(*x.shape[:3], groups, -1)
+        kernel = kernel.reshape(*kernel.shape[:3], groups, -1)
+        y = jax.vmap(grouped, in_axes=(3, 3), out_axes=3)(x, kernel)
+        return y.reshape(*y.shape[:3], -1)
+    kh, kw, channels, out_channels = kernel.shape
+    n, h, w, _ = x.shape
+    (left, right), step = pads[1], stride[1]
+    out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // step + 1
+    block = block or band_block(out_w, channels)
+    blocks = -(-out_w // block)
+    fold = block * step  # input columns per folded pixel: one block's stride
+    taps = (block - 1) * step + (kw - 1) * dilation[1]  # the columns one block sees, past its first
+    band_width = taps // fold + 1  # folded pixels one block sees
+    width = fold * (blocks + band_width - 1)  # the padded input columns the blocks see, cropped or padded to this
+    x = jnp.pad(x, ((0, 0), (0, 0), (left, max(0, width - w - left)), (0, 0)))[:, :, :width]
+    folded = x.reshape(n, h, width // fold, fold * channels)  # free: the width's pixels are contiguous in NHWC
+    # band[u, f, t, c, a, o] = kernel[u, v, c, o] where folded pixel f, column t is output a's tap v
+    f, t, a, v = np.ix_(range(band_width), range(fold), range(block), range(kw))
+    selection = (fold * f + t == step * a + dilation[1] * v).astype(np.float32)
+    band = jnp.einsum("ftav,uvco->uftcao", selection.astype(kernel.dtype), kernel)
+    y = lax.conv_general_dilated(
+        folded,
+        band.reshape(kh, band_width, fold * channels, block * out_channels),
+        window_strides=(stride[0], 1),
+        padding=(pads[0], (0, 0)),
+        rhs_dilation=(dilation[0], 1),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y.reshape(n, y.shape[1], blocks * block, out_channels)[:, :, :out_w]
 
 
 def _concat_views(x: Array, *, axis: int, taps: int, step: int, stride: int, size: int) -> Array:

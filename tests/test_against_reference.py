@@ -56,7 +56,7 @@ def _dilate_kernel(kernel, dilation):
 
 @pytest.mark.parametrize("lowering", F.CONV_LOWERINGS)
 def test_dilated_conv_and_gradient_match_reference_on_dilated_kernel(x64, rng, lowering):
-    x, kernel, dilation = rng.standard_normal((2, 9, 9, 2)), rng.standard_normal((3, 3, 2, 3)), 2
+    x, kernel, dilation = rng.standard_normal((2, 9, 10, 2)), rng.standard_normal((3, 3, 2, 3)), 2  # 'banded': 4 blocks
     z, cache = ref.conv_forward(x, _dilate_kernel(kernel, dilation), np.zeros((1, 1, 1, 3)), 1, 1)
     np.testing.assert_allclose(F.conv2d(x, kernel, padding=1, dilation=dilation, lowering=lowering), z, rtol=1e-12)
     dz = rng.standard_normal(z.shape)
@@ -68,7 +68,7 @@ def test_dilated_conv_and_gradient_match_reference_on_dilated_kernel(x64, rng, l
 
 @pytest.mark.parametrize("lowering", F.CONV_LOWERINGS)
 def test_grouped_conv_matches_reference_per_group(x64, rng, lowering):
-    groups, x = 3, rng.standard_normal((2, 6, 6, 6))
+    groups, x = 3, rng.standard_normal((2, 6, 8, 6))  # 'banded': 2 blocks per group
     kernel, b = rng.standard_normal((3, 3, 2, 9)), rng.standard_normal(9)
     out = F.conv2d(x, kernel, b, stride=2, padding=1, groups=groups, lowering=lowering)
     dz = rng.standard_normal(out.shape)

@@ -307,18 +307,18 @@ def test_bad_hyperparameters_are_clear_errors(kwargs, message):
         F.conv2d(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 3, 4)), **kwargs)
 
 
-def test_default_lowering_is_banded_for_large_kernels_between_few_channels_on_cpu_only():
+def test_default_lowering_is_banded_over_few_input_channels_on_cpu_only():
     lowering = F.default_conv_lowering
     assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((5, 5, 6, 16), "cpu") == "banded"
-    assert lowering((3, 3, 32, 64), "cpu") == "xla" and lowering((3, 3, 1, 32), "cpu") == "xla"
-    assert lowering((5, 5, 3, 64), "cpu") == "xla" and lowering((5, 5, 16, 120), "cpu") == "xla"
+    assert lowering((3, 3, 1, 32), "cpu") == "banded" and lowering((3, 3, 3, 16), "cpu") == "banded"
+    assert lowering((3, 3, 16, 16), "cpu") == "xla" and lowering((3, 3, 32, 64), "cpu") == "xla"
     assert lowering((5, 5, 1, 6), "gpu") == "xla" and lowering((5, 5, 1, 6), "tpu") == "xla"
     assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
 
 
-def test_band_block_is_the_largest_divisor_of_the_width_with_at_most_32_outputs():
-    assert F.band_block(28, 6) == 4 and F.band_block(10, 16) == 2 and F.band_block(12, 8) == 4
-    assert F.band_block(7, 6) == 1 and F.band_block(28, 64) == 1 and F.band_block(5, 1) == 5
+def test_band_block_divides_the_width_up_to_4_columns_for_one_channel_and_2_for_more():
+    assert F.band_block(28, 1) == 4 and F.band_block(10, 6) == 2 and F.band_block(32, 3) == 2
+    assert F.band_block(7, 1) == 1 and F.band_block(9, 1) == 3 and F.band_block(3, 6) == 1
 
 
 def test_wrong_rank_and_dense_shape_errors():
