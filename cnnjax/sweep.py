@@ -287,8 +287,9 @@ def _where_members(mask: np.ndarray, new, old):
 def _group_steps(train_fn, eval_fn, ynn_fusion: str):
     """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis.
 
-    The members share the batch index and key (one seed): the batch, its augmentation and the first convolution's
-    patches are computed once for all members, whose stacked kernels then meet them in one matrix product.
+    The members share the batch index and key (one seed): the batch and its augmentation are computed once for all
+    members, and the first convolution sees one input, so JAX's batching turns the members' stacked kernels into
+    one convolution with their output channels side by side.
     ``ynn_fusion``: ``config.train.xla_cpu_ynn_fusion``.
     """
     options = backend.compiler_options(ynn_fusion)
