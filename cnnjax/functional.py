@@ -193,8 +193,9 @@ def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = Non
     """The faster lowering for an HWIO kernel on ``backend`` ('cpu', 'gpu', 'tpu'; None: JAX's default backend).
 
     On the CPU XLA's convolution is weakest over few input channels: 'banded' ran the first convs of LeNet, the
-    Flax MNIST CNN and ResNet-20, and LeNet's 6-channel second conv, 1.4-3.9x faster forward and backward
-    (bench/conv_lowering.py); from 8 input channels on, or on GPU and TPU, ``lax.conv`` wins.
+    Flax MNIST CNN and ResNet-20, and LeNet's 6-channel second conv, 1.2-3.8x faster forward and backward, and
+    ``cifar_cnn``'s 3->64 first conv as fast (bench/conv_lowering.py); from 16 input channels on (0.4-0.7x), or on
+    GPU and TPU, ``lax.conv`` wins.
     """
     group_in = kernel_shape[2]
     return "banded" if (backend or jax.default_backend()) == "cpu" and group_in <= 6 else "xla"
