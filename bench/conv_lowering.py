@@ -6,7 +6,8 @@ The layers of the benchmarked models at batch 128 (modern LeNet, the Flax MNIST 
 convs). Rounds are interleaved (A, B, C, A, ...) and medians printed with the ratio xla / best of the others (> 1:
 that one wins).
 Then the kernel gradient alone of the ResNet-20 layers (what a custom VJP could swap in: XLA's, which transposes
-both operands for an Eigen convolution, against patches^T @ dy), and max pooling's two implementations.
+both operands for an Eigen convolution, against patches^T @ dy and the banded kernel's gradient), and max pooling's
+two implementations.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def main() -> None:
     for name, (shape, kernel_shape, padding, stride) in CONVS.items():
         x = jax.random.normal(key, (BATCH, *shape))
         w = jax.random.normal(key, kernel_shape)
-        first_layer = functools.partial(fwd_bwd, first_layer=shape[-1] <= 3)  # the images' 1 or 3 channels
-        timed = {f"{name} fwd+bwd": (per_lowering(first_layer, padding, stride), (x, w))}
+        transform = functools.partial(fwd_bwd, first_layer=shape[-1] <= 3)  # the images' 1 or 3 channels
+        timed = {f"{name} fwd+bwd": (per_lowering(transform, padding, stride), (x, w))}
         if name.startswith("resnet20 3x3"):
             dy = F.conv2d(x, w, padding=padding, stride=stride)
             timed[f"{name} dw"] = (per_lowering(kernel_grad, padding, stride), (w, x, dy))
