@@ -282,11 +282,11 @@ def _conv_patches(x: Array, kernel: Array, stride, dilation, pads, groups: int) 
     return jnp.einsum("nhwkgc,kcgo->nhwgo", patches, grouped_kernel).reshape(n, out_h, out_w, out_channels)
 
 
-def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int, block: int | None = None) -> Array:
-    """conv2d as ``lax.conv`` on the input's width folded into channels, blocks of ``block`` output columns at a time
-    (None: :func:`band_block`): x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
+def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int) -> Array:
+    """conv2d as ``lax.conv`` on the input's width folded into channels, :func:`band_block` output columns at a
+    time: x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
     if groups > 1:  # one banded convolution per group; JAX batches them into one grouped convolution
-        grouped = lambda xg, kg: _conv_banded(xg, kg, stride, dilation, pads, 1, block)  # noqa: E731
+        grouped = lambda xg, kg: _conv_banded(xg, kg, stride, dilation, pads, 1)  # noqa: E731
         x = x.reshape(*x.shape[:3], groups, -1)
         kernel = kernel.reshape(*kernel.shape[:3], groups, -1)
         y = jax.vmap(grouped, in_axes=(3, 3), out_axes=3)(x, kernel)
@@ -295,8 +295,8 @@ def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int, b
     n, h, w, _ = x.shape
     (left, right), step = pads[1], stride[1]
     out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // step + 1
-    block = block or band_block(out_w, channels)
-    blocks = -(-out_w // block)
+    block = band_block(out_w, channels)
+    blocks = out_w // block  # band_block divides out_w
     fold = block * step  # input columns per folded pixel: one block's stride
     taps = (block - 1) * step + (kw - 1) * dilation[1]  # the columns one block sees, past its first
     band_width = taps // fold + 1  # folded pixels one block sees
@@ -315,7 +315,7 @@ def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int, b
         rhs_dilation=(dilation[0], 1),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    return y.reshape(n, y.shape[1], blocks * block, out_channels)[:, :, :out_w]
+    return y.reshape(n, y.shape[1], out_w, out_channels)
 
 
 def _concat_views(x: Array, *, axis: int, taps: int, step: int, stride: int, size: int) -> Array:

@@ -15,8 +15,8 @@ CONV_CASES = [
     (1, 9, 8, 2, 5, 4, 3, 2),
     (3, 6, 7, 4, 2, 2, 2, 0),
     (2, 8, 8, 3, 3, 5, 1, 2),
-    (2, 10, 12, 2, 8, 3, 1, 1),  # 'banded': 3 blocks of 4 output columns
-    (1, 11, 23, 3, 6, 3, 2, 1),  # 'banded': 3 blocks of 4 strided output columns
+    (2, 10, 12, 2, 8, 3, 1, 1),  # 'banded': 6 blocks of 2 output columns
+    (1, 11, 23, 3, 6, 3, 2, 1),  # 'banded': 6 blocks of 2 strided output columns
 ]
 
 
