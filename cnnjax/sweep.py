@@ -33,6 +33,7 @@ import numpy as np
 
 from cnnjax import backend, data, metrics, optim, plots, train
 from cnnjax import config as config_lib
+from cnnjax import functional as F
 
 Point = dict  # dotted config key -> value
 
@@ -284,12 +285,14 @@ def _where_members(mask: np.ndarray, new, old):
 
 
 @functools.lru_cache(maxsize=8)
-def _group_steps(train_fn, eval_fn, ynn_fusion: str):
+def _group_steps(train_fn, eval_fn, ynn_fusion: str, axis_name: str | None = F.MEMBER_AXIS):
     """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis.
 
     The members share the batch index and key (one seed): the batch and its augmentation are computed once for all
     members, and the first convolution sees one input, so JAX's batching turns the members' stacked kernels into
-    one convolution with their output channels side by side.
+    one convolution with their output channels side by side. Mapped over ``functional.MEMBER_AXIS``, the later
+    convolutions run one per member on the CPU (see ``functional.conv2d``); ``axis_name=None`` leaves them to JAX's
+    batching (one grouped convolution; bench/sweep_vectorized.py compares both).
     ``ynn_fusion``: ``config.train.xla_cpu_ynn_fusion``.
     """
     options = backend.compiler_options(ynn_fusion)
@@ -301,11 +304,13 @@ def _group_steps(train_fn, eval_fn, ynn_fusion: str):
         return new_state, step_metrics, ok
 
     group_step = jax.jit(
-        jax.vmap(masked_step, in_axes=(0, None, None, None, None, 0)),
+        jax.vmap(masked_step, in_axes=(0, None, None, None, None, 0), axis_name=axis_name),
         donate_argnums=0,
         compiler_options=options,
     )
-    group_eval = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0, None, None, None, None)), compiler_options=options)
+    group_eval = jax.jit(
+        jax.vmap(eval_fn, in_axes=(0, 0, None, None, None, None), axis_name=axis_name), compiler_options=options
+    )
     return group_step, group_eval
 
 

@@ -316,6 +316,46 @@ def test_default_lowering_is_banded_over_few_input_channels_on_cpu_only():
     assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
 
 
+def _conv_loss_and_grads(x, kernel, dy, lowering):
+    loss = lambda x, kernel: jnp.sum(F.conv2d(x, kernel, stride=2, padding=1, lowering=lowering) * dy)  # noqa: E731
+    return jax.value_and_grad(loss, argnums=(0, 1))(x, kernel)
+
+
+@pytest.mark.parametrize("lowering", ["xla", "banded"])
+def test_conv_mapped_over_members_runs_one_convolution_per_member_with_the_same_values_and_gradients(
+    x64, rng, lowering
+):
+    members, x = 3, rng.standard_normal((3, 2, 9, 12, 2))  # 'banded': 3 blocks of 2 strided output columns
+    kernels, dy = rng.standard_normal((members, 3, 3, 2, 4)), rng.standard_normal((2, 5, 6, 4))
+    step = lambda x, kernel: _conv_loss_and_grads(x, kernel, dy, lowering)  # noqa: E731
+    for in_axes, x_of in [((0, 0), lambda k: x[k]), ((None, 0), lambda k: x[0])]:  # own inputs; a shared input
+        xs = x if in_axes[0] == 0 else x[0]
+        loss, (dx, dkernel) = jax.vmap(step, in_axes=in_axes, axis_name=F.MEMBER_AXIS)(xs, kernels)
+        for k in range(members):
+            solo_loss, (solo_dx, solo_dkernel) = step(x_of(k), kernels[k])
+            np.testing.assert_allclose(loss[k], solo_loss, rtol=1e-10)
+            np.testing.assert_allclose(dkernel[k], solo_dkernel, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(dx[k], solo_dx, rtol=1e-10, atol=1e-12)
+
+    def convolutions(step, *args):
+        program = jax.jit(step).lower(*args).compile().as_text()
+        return [line for line in program.splitlines() if " convolution(" in line]
+
+    # each member's own convolutions; JAX's own batching groups the members' into one convolution instead
+    solo, per_member = (
+        convolutions(step, x[0], kernels[0]),
+        convolutions(jax.vmap(step, axis_name=F.MEMBER_AXIS), x, kernels),
+    )
+    assert len(per_member) == members * len(solo) and not any("group_count" in line for line in per_member)
+    assert "feature_group_count = 3" in jax.jit(jax.vmap(step)).lower(x, kernels).as_text()
+
+
+def test_conv_outside_a_member_mapping_keeps_forward_mode_differentiation(rng):
+    x, kernel, tangent = rng.standard_normal((2, 6, 6, 1)), rng.standard_normal((3, 3, 1, 2)), np.ones((3, 3, 1, 2))
+    out, out_tangent = jax.jvp(lambda k: F.conv2d(x, k), (kernel,), (tangent,))
+    np.testing.assert_allclose(out_tangent, F.conv2d(x, tangent), rtol=1e-5)
+
+
 def test_band_block_divides_the_width_up_to_4_columns_for_one_channel_and_2_for_more():
     assert F.band_block(28, 1) == 4 and F.band_block(10, 6) == 2 and F.band_block(32, 3) == 2
     assert F.band_block(7, 1) == 1 and F.band_block(9, 1) == 3 and F.band_block(3, 6) == 1
