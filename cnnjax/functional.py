@@ -241,6 +241,10 @@ def conv2d(
     zeros leave each of a block's B outputs its own kw taps; the output (N, H_out, W_out / B, B * O) is the result,
     reshaped. More FLOPs, but a convolution over B times more channels, which XLA:CPU runs far faster when the
     input has only a few (:func:`band_block` picks B). None picks per kernel shape with :func:`default_conv_lowering`.
+
+    Inside ``jax.vmap(..., axis_name=MEMBER_AXIS)`` over a stack of models (cnnjax.sweep's vectorized groups) with
+    both x and kernel mapped, each member's convolution runs on its own on the CPU instead of as one grouped
+    convolution (see :func:`_one_conv_per_member`); such code is differentiable in reverse mode only.
     """
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
@@ -340,8 +344,8 @@ def _mapped_over_members() -> bool:
 def _one_conv_per_member(conv):
     """``conv(x, kernel)`` whose batching over members whose inputs and kernels both differ runs one convolution per
     member, unrolled, forward and backward. JAX's own batching rule makes that one grouped convolution with a group
-    per member, which XLA:CPU runs 2-3x slower than the separate convolutions: 8 LeNets trained together 1.3-1.8x
-    faster this way (bench/sweep_vectorized.py --grouped_convs). Members that share the input (a first layer) keep
+    per member, which XLA:CPU rewrites into a dilated 3-D convolution, far slower: 8 LeNets trained together 1.1-1.9x
+    faster this way at batches 8-128 (bench/sweep_vectorized.py --grouped_convs). Members that share the input (a first layer) keep
     JAX's rule, which stacks their kernels into one convolution with all their output channels. Reverse-mode only
     (``jax.custom_vjp``), which is what training needs."""
     forward = _unrolled_when_both_mapped(conv)

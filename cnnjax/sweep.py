@@ -331,10 +331,10 @@ def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.nd
 # ----------------------------------------------------------------------------------------------------------------------
 
 EXECUTORS = ("auto", "sequential", "vectorized")
-# the largest batch at which a vectorized group beats sequential trials on the CPU: 8 LeNets ran 1.10-1.12x at batch 8,
-# 0.93-1.00x at 16 on the 2-core CPU (with the 'banded' conv lowering, which sped the solo steps up more); on an H100
-# 2.7-3.0x at 32-512 (bench/sweep_vectorized.py --batch_sizes=...)
-CPU_VECTORIZED_MAX_BATCH = 8
+# the largest batch at which a vectorized group beats sequential trials on the CPU: 8 LeNets ran 1.27x at batch 8,
+# 1.11x at 16 and 32, 0.90x at 64, 0.69x at 128 on the 2-core CPU (with one convolution per member; as one grouped
+# convolution 1.16x, 0.72x, 0.59x, 0.69x, 0.51x); on an H100 2.7-3.0x at 32-512 (bench/sweep_vectorized.py)
+CPU_VECTORIZED_MAX_BATCH = 32
 
 
 def vectorizes(executor: str, batch_size: int, backend: str | None = None) -> bool:

@@ -98,7 +98,7 @@ def test_vectorized_group_equals_solo_runs_and_does_not_recompile(tmp_path):
 
 
 def test_auto_executor_vectorizes_where_it_measured_faster(tmp_path):
-    assert sweep.vectorizes("auto", 8, "cpu") and not sweep.vectorizes("auto", 16, "cpu")
+    assert sweep.vectorizes("auto", 32, "cpu") and not sweep.vectorizes("auto", 64, "cpu")
     assert sweep.vectorizes("auto", 512, "gpu") and sweep.vectorizes("auto", 512, "tpu")
     assert sweep.vectorizes("vectorized", 512, "cpu") and not sweep.vectorizes("sequential", 8, "gpu")
     points = sweep.grid(**{"optim.learning_rate": [1e-3, 3e-3]})
