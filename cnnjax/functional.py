@@ -313,7 +313,7 @@ def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int) -
     folded = x.reshape(n, h, width // fold, fold * channels)  # free: the width's pixels are contiguous in NHWC
     # band[u, f, t, c, a, o] = kernel[u, v, c, o] where folded pixel f, column t is output a's tap v
     f, t, a, v = np.ix_(range(band_width), range(fold), range(block), range(kw))
-    selection = (fold * f + t == step * a + dilation[1] * v).astype(np.float32)
+    selection = fold * f + t == step * a + dilation[1] * v
     band = jnp.einsum("ftav,uvco->uftcao", selection.astype(kernel.dtype), kernel)
     y = lax.conv_general_dilated(
         folded,
@@ -344,10 +344,10 @@ def _mapped_over_members() -> bool:
 def _one_conv_per_member(conv):
     """``conv(x, kernel)`` whose batching over members whose inputs and kernels both differ runs one convolution per
     member, unrolled, forward and backward. JAX's own batching rule makes that one grouped convolution with a group
-    per member, which XLA:CPU rewrites into a dilated 3-D convolution, far slower: 8 LeNets trained together 1.1-1.9x
-    faster this way at batches 8-128 (bench/sweep_vectorized.py --grouped_convs). Members that share the input (a first layer) keep
-    JAX's rule, which stacks their kernels into one convolution with all their output channels. Reverse-mode only
-    (``jax.custom_vjp``), which is what training needs."""
+    per member, which XLA:CPU rewrites into a dilated 3-D convolution, far slower: 8 LeNets trained together
+    1.1-1.9x faster this way at batches 8-128 (bench/sweep_vectorized.py --grouped_convs). Members that share the
+    input (a first layer) keep JAX's rule, which stacks their kernels into one convolution with all their output
+    channels. Reverse-mode only (``jax.custom_vjp``), which is what training needs."""
     forward = _unrolled_when_both_mapped(conv)
     backward = _unrolled_when_both_mapped(lambda x, kernel, dy: jax.vjp(conv, x, kernel)[1](dy))
     member_conv = jax.custom_vjp(lambda x, kernel: forward(x, kernel))

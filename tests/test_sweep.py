@@ -102,7 +102,8 @@ def test_auto_executor_vectorizes_where_it_measured_faster(tmp_path):
     assert sweep.vectorizes("auto", 512, "gpu") and sweep.vectorizes("auto", 512, "tpu")
     assert sweep.vectorizes("vectorized", 512, "cpu") and not sweep.vectorizes("sequential", 8, "gpu")
     points = sweep.grid(**{"optim.learning_rate": [1e-3, 3e-3]})
-    for batch_size in (8, 16):  # on the CPU: one group, then two solo trials
+    largest = sweep.CPU_VECTORIZED_MAX_BATCH
+    for batch_size in (largest, 2 * largest):  # on the CPU: one group, then two solo trials
         grouped = sweep.vectorizes("auto", batch_size)
         base = small_config(tmp_path, num_epochs=1)
         base.data.batch_size = batch_size
