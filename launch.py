@@ -89,11 +89,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     tfds.disable_progress_bar()
 
+    from cnnjax import parallel
+
     config = FLAGS.config
     if FLAGS.coordinator_address:
-        from cnnjax import parallel
-
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    parallel.split_cpu(config.train.cpu_devices)  # before JAX's first operation
     if FLAGS.summary:
         shape = train.expected_image_shape(config.data)
         if shape is None:

@@ -4,7 +4,8 @@
     .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=30] [--models=lenet,mnist_cnn,cifar_cnn,resnet20,resnet9]
 
 For each model the same architecture, batch (128), optimizer (Adam 1e-3) and data shape are trained in rounds that
-alternate cnnjax (its real jitted train step: device-resident data, donated state) and PyTorch eager; the medians of
+alternate cnnjax (its real jitted train step: device-resident data, donated state, on as many CPU devices as the
+model's experiment splits the CPU into: two for the MNIST CNN, bench/cpu_devices.py) and PyTorch eager; the medians of
 images/s, the ratio cnnjax / PyTorch, cnnjax's GFLOP/s (3x the forward FLOPs of cnnjax.summary per image) and its
 fraction of the float32 matmul peak measured in the same run are printed.
 """
@@ -117,17 +118,12 @@ def cnnjax_runner(name: str, steps: int):
     compile_start = time.perf_counter()
     jax.block_until_ready(step.lower(state, *batches[0]).compile())
     compile_s = time.perf_counter() - compile_start
-    holder = {"state": state}
-
-    def run():
-        holder["state"] = workloads.run_steps(step, holder["state"], batches)
-
     flops = 3 * sum(r["flops"] for r in summary.summarize(model, shape))
-    return run, flops, compile_s
+    return workloads.runner(step, state, batches), flops, compile_s
 
 
 def torch_runner(name: str, steps: int):
-    h, w, c = workloads.MODELS[name][1]
+    h, w, c = workloads.MODELS[name].image_shape
     model = TORCH_MODELS[name]()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
@@ -170,7 +166,7 @@ def main() -> None:
         gflops = cnnjax_rate * flops / 1e9
         print(f"{name:>10}: cnnjax {cnnjax_rate:8,.0f} img/s  torch eager {torch_rate:8,.0f} img/s  "
               f"ratio {cnnjax_rate / torch_rate:.2f}x  cnnjax {gflops:5.1f} GFLOP/s = {100 * gflops / peak:4.1f}% of peak  "
-              f"(train step compile {compile_s:.1f} s)")  # fmt: skip
+              f"(train step compile {compile_s:.1f} s; {workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,48 +5,70 @@ The PyTorch twins of these models are in bench/vs_pytorch.py.
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import models, optim, train
+from cnnjax import models, optim, parallel, train
 from cnnjax.config import base_config
-from experiments import resnet, resnet9
+from experiments import mnist_cnn, resnet, resnet9
 
 BATCH = 128
 
-# name -> (cnnjax model, image shape (H, W, C), config.train.xla_cpu_ynn_fusion of its experiment)
+
+class Workload(NamedTuple):
+    make_model: Callable[[], object]
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    ynn_fusion: str = ""  # its experiment's config.train.xla_cpu_ynn_fusion
+    cpu_devices: int = 1  # how many CPU devices its experiment trains on (config.train.cpu_devices, at least 1)
+
+
 MODELS = {
-    "lenet": (lambda: models.get("lenet"), (28, 28, 1), ""),
-    "mnist_cnn": (
-        lambda: models.get("lenet", filters=(32, 64), kernel_size=3, padding="SAME", pool="avg", hidden=(256,)),
+    "lenet": Workload(lambda: models.get("lenet"), (28, 28, 1)),
+    "mnist_cnn": Workload(
+        lambda: models.get(**mnist_cnn.get_config().model),
         (28, 28, 1),
-        "",
+        cpu_devices=mnist_cnn.get_config().train.cpu_devices,
     ),
-    "cifar_cnn": (lambda: models.get("cifar_cnn"), (32, 32, 3), ""),
-    "resnet20": (lambda: models.get("resnet", depth=20), (32, 32, 3), resnet.get_config().train.xla_cpu_ynn_fusion),
-    "resnet9": (lambda: models.get("resnet9", width=16), (28, 28, 1), resnet9.get_config().train.xla_cpu_ynn_fusion),
+    "cifar_cnn": Workload(lambda: models.get("cifar_cnn"), (32, 32, 3)),
+    "resnet20": Workload(
+        lambda: models.get("resnet", depth=20), (32, 32, 3), resnet.get_config().train.xla_cpu_ynn_fusion
+    ),
+    "resnet9": Workload(
+        lambda: models.get("resnet9", width=16), (28, 28, 1), resnet9.get_config().train.xla_cpu_ynn_fusion
+    ),
 }
+parallel.split_cpu(max(workload.cpu_devices for workload in MODELS.values()))  # before JAX's first operation
 
 
-def train_workload(name: str, steps: int):
+def train_workload(name: str, steps: int, devices: int | None = None):
     """(model, image shape, train step, initial state, step arguments per batch) for `steps` batches of BATCH.
 
-    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state, the experiment's XLA options); call it as
-    ``step(state, *args)`` for each ``args`` in the returned list.
+    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state, the experiment's XLA options),
+    data-parallel over ``devices`` CPU devices (default: as its experiment trains); call it as ``step(state, *args)``
+    for each ``args`` in the returned list.
     """
-    make_model, shape, ynn_fusion = MODELS[name]
-    model = make_model()
+    workload = MODELS[name]
+    model = workload.make_model()
     optimizer = optim.make_optimizer(base_config().optim, steps, 1)
-    step = train.make_train_step(model, optimizer, "cross_entropy", lambda key, x: x, ynn_fusion=ynn_fusion)
+    step = train.make_train_step(model, optimizer, "cross_entropy", lambda key, x: x, ynn_fusion=workload.ynn_fusion)
+    mesh = parallel.make_mesh(devices or workload.cpu_devices)
     rng = np.random.default_rng(0)
-    images = jax.device_put(rng.standard_normal((steps * BATCH, *shape)).astype(np.float32))
-    labels = jax.device_put(rng.integers(0, 10, steps * BATCH).astype(np.int32))
+    images = rng.standard_normal((steps * BATCH, *workload.image_shape)).astype(np.float32)
+    labels = rng.integers(0, 10, steps * BATCH).astype(np.int32)
     key = jax.random.key(0)
+    state = train.init_state(model, optimizer, workload.image_shape, key)
+    images, labels, state, key_data = parallel.replicate((images, labels, state, jax.random.key_data(key)), mesh)
+    key = jax.random.wrap_key_data(key_data)
     batches = [
-        (images, labels, index, key) for index in jnp.arange(steps * BATCH, dtype=jnp.int32).reshape(steps, BATCH)
+        (images, labels, parallel.shard_batch(index, mesh), key)
+        for index in np.arange(steps * BATCH, dtype=np.int32).reshape(steps, BATCH)
     ]
-    return model, shape, step, train.init_state(model, optimizer, shape, key), batches
+    return model, workload.image_shape, step, state, batches
 
 
 def run_steps(step, state, batches):
@@ -55,3 +77,28 @@ def run_steps(step, state, batches):
         state, metrics = step(state, *args)
     jax.block_until_ready(metrics)
     return state
+
+
+def runner(step, state, batches) -> Callable[[], None]:
+    """A callable that runs ``step`` over ``batches`` once more, from the state its previous call left (the step
+    donates its state)."""
+    holder = [state]
+
+    def run():
+        holder[0] = run_steps(step, holder[0], batches)
+
+    return run
+
+
+def interleaved_medians(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
+    """Median seconds of each run over ``rounds`` rounds that call every run in turn, after one warm-up call each:
+    the machine is shared and noisy, so only runs timed side by side compare."""
+    times = {label: [] for label in runs}
+    for run in runs.values():
+        run()
+    for _ in range(rounds):
+        for label, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(seconds) for label, seconds in times.items()}

@@ -83,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
             "early_stopping_patience": 0,  # evaluations without a better validation accuracy (0: never stop)
             "log_every": 50,  # steps between metric records
             "num_devices": 1,  # data parallelism over this many devices (0: all devices of all processes)
+            "cpu_devices": 0,  # > 0: split the host CPU into this many devices (parallel.split_cpu; 0: JAX's one)
             "compute_dtype": "float32",  # float32 | bfloat16 (mixed precision: float32 parameters and optimizer)
             "xla_cpu_ynn_fusion": "",  # XLA:CPU ops run by YNNPACK, e.g. 'dot,eltwise,reduce' ('': cnnjax.backend's)
         }
@@ -148,6 +149,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )  # fmt: skip
     _check(data.zca_epsilon > 0, "data.zca_epsilon", data.zca_epsilon, "must be > 0")
     _check(train.num_epochs >= 1, "train.num_epochs", train.num_epochs, "must be >= 1")
+    _check(train.cpu_devices >= 0, "train.cpu_devices", train.cpu_devices, "must be >= 0 (0: JAX's default)")
     _check(train.eval_every >= 1, "train.eval_every", train.eval_every, "must be >= 1")
     _check(train.log_every >= 1, "train.log_every", train.log_every, "must be >= 1")
     _check(train.checkpoint_every >= 0, "train.checkpoint_every", train.checkpoint_every, "must be >= 0")

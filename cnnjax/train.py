@@ -77,6 +77,7 @@ def check_config(config):
             f"config.train.compute_dtype={config.train.compute_dtype!r} is invalid: choose one of {COMPUTE_DTYPES}"
         )
     backend.compiler_options(config.train.xla_cpu_ynn_fusion)
+    parallel.split_cpu(config.train.cpu_devices)
     devices = parallel.num_devices(config.train.num_devices)
     for key in ("batch_size", "eval_batch_size"):
         if config.data[key] % devices:

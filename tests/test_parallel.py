@@ -1,4 +1,5 @@
-"""Data parallelism over 8 (virtual CPU) devices, two processes joined by jax.distributed, and bfloat16 compute."""
+"""Data parallelism over 8 (virtual CPU) devices and over a CPU split in two (train.cpu_devices), two processes
+joined by jax.distributed, and bfloat16 compute."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from cnnjax import metrics, train
+from cnnjax import metrics, parallel, train
 from tests import fakes
 from tests.test_train import final_state, small_config
 
@@ -54,6 +55,10 @@ def test_eight_devices_match_one_and_their_checkpoint_restores_on_one(dataset):
     np.testing.assert_allclose(epoch_losses(dataset / "eight"), epoch_losses(dataset / "one"), rtol=1e-4)
     one, many = (json.loads((dataset / d / "results.json").read_text()) for d in ("one", "eight"))
     assert abs(one["test_loss"] - many["test_loss"]) < 1e-3
+    # config.train.cpu_devices splits the CPU of a process without forced devices: the same run on two
+    output = finish(launch(dataset / "two", dataset, "--config.train.cpu_devices=2", "--config.train.num_devices=0"))
+    assert "on 2 device(s)" in output
+    np.testing.assert_allclose(epoch_losses(dataset / "two"), epoch_losses(dataset / "one"), rtol=1e-4)
     # the 8-device checkpoint resumes in a 1-device process (no forced device count) for a third epoch
     output = finish(launch(dataset / "eight", dataset, "--config.train.num_devices=1", epochs=3))
     assert "resuming from the checkpoint at step 12" in output and len(epoch_losses(dataset / "eight")) == 3
@@ -81,6 +86,15 @@ def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
     _, state, _ = final_state(tmp_path / "run")
     dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves((state["params"], state["opt_state"]))}
     assert np.dtype("float32") in dtypes and np.dtype("bfloat16") not in {np.dtype(d) for d in dtypes}
+
+
+def test_cpu_devices_cannot_change_after_jax_started(tmp_path):
+    jax.devices()  # JAX has started in this process, with one CPU device
+    parallel.split_cpu(1)  # what it has: nothing to change
+    config = small_config(tmp_path, cpu_devices=2)
+    with pytest.raises(ValueError, match=r"cpu_devices=2 cannot take effect: JAX already started with 1 CPU device"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_batch_must_split_evenly_over_devices(tmp_path):

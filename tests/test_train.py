@@ -65,10 +65,11 @@ def final_state(workdir: Path):
     return step, restored["state"], meta
 
 
-@pytest.mark.parametrize("experiment", ["lenet", "lenet5_classic", "cifar_cnn"])
+@pytest.mark.parametrize("experiment", ["lenet", "lenet5_classic", "cifar_cnn", "mnist_cnn"])
 def test_smoke_run_of_each_experiment_learns(tmp_path, experiment):
     config = small_config(tmp_path, experiment)
     config.train.num_epochs = 4
+    config.train.cpu_devices = 0  # this process has started JAX with one device (test_parallel splits the CPU)
     if experiment == "cifar_cnn":
         config.optim.learning_rate = 1e-3
     results = train.train_and_evaluate(config, tmp_path / "run")
@@ -213,6 +214,7 @@ def test_early_stopping_keeps_the_best_checkpoint_for_the_test(tmp_path):
         ("data", "batch_size", 0, r"config.data.batch_size=0 is invalid"),
         ("data", "test_time_shift", -1, r"config.data.test_time_shift=-1 is invalid: must be >= 0"),
         ("train", "label_smoothing", 1.0, r"config.train.label_smoothing=1.0 is invalid: must be in \[0, 1\)"),
+        ("train", "cpu_devices", -1, r"config.train.cpu_devices=-1 is invalid: must be >= 0"),
         ("model", "kernel_size", 15, r"^Conv2D 'conv2': a 15x15 kernel .* 14x14 feature map.*larger input\.$"),
         ("model", "num_classes", 7, r"outputs 7 classes but the dataset has 10; set --config.model.num_classes=10"),
     ],
