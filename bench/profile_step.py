@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
+    workloads.split_cpu_for([args.model])
     _, _, step, state, batches = workloads.train_workload(args.model, args.steps)
     names = op_names(step.lower(state, *batches[0]).compile().as_text())
     state = workloads.run_steps(step, state, batches)  # compile and warm up

@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--models", default=",".join(TORCH_MODELS))
     args = parser.parse_args()
+    workloads.split_cpu_for(args.models.split(","))
     torch.set_num_threads(2)
     peak = matmul_peak_gflops()
     print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}; batch {BATCH}, {args.steps} "

@@ -42,7 +42,12 @@ MODELS = {
         lambda: models.get("resnet9", width=16), (28, 28, 1), resnet9.get_config().train.xla_cpu_ynn_fusion
     ),
 }
-parallel.split_cpu(max(workload.cpu_devices for workload in MODELS.values()))  # before JAX's first operation
+
+
+def split_cpu_for(names: list[str]) -> None:
+    """Splits the CPU into as many devices as the experiments of models ``names`` train on; call it before JAX's
+    first operation (``parallel.split_cpu``)."""
+    parallel.split_cpu(max(MODELS[name].cpu_devices for name in names))
 
 
 def train_workload(name: str, steps: int, devices: int | None = None):

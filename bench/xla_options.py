@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--models", default=",".join(workloads.MODELS))
     args = parser.parse_args()
+    workloads.split_cpu_for(args.models.split(","))
     print(f"jax {jax.__version__}; batch {workloads.BATCH}, {args.steps} steps per round, medians of {args.rounds}")
     for name in args.models.split(","):
         _, _, step, state, batches = workloads.train_workload(name, args.steps)

@@ -7,6 +7,8 @@ several GPUs, a TPU slice, or several processes joined by :func:`initialize_dist
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -19,6 +21,9 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
     jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
 
 
+THREADS_VARIABLE = "PJRT_NPROC"  # the size of XLA:CPU's thread pools (default: the number of cores)
+
+
 def split_cpu(count: int) -> None:
     """Makes the host CPU ``count`` JAX devices (``config.train.cpu_devices``; 0 keeps JAX's default, one device).
 
@@ -27,9 +32,15 @@ def split_cpu(count: int) -> None:
     CPU than on one, LeNet 0.85x (bench/cpu_devices.py). It only takes effect before JAX's first operation (the
     launcher checks the config first); afterwards a different count raises a ValueError. GPU and TPU runs are
     unaffected.
+
+    XLA:CPU sizes its thread pools by the number of cores (or ``PJRT_NPROC``); a device waiting in the gradients'
+    all-reduce holds one of those threads, and with as many devices as threads a 2-device run on 2 cores once hung in
+    that rendezvous. So, unless ``PJRT_NPROC`` is set, the pools get one thread per device on top of the cores.
     """
     if not count:
         return
+    if count > 1:  # each device blocks a thread while it waits in the gradients' all-reduce
+        os.environ.setdefault(THREADS_VARIABLE, str((os.cpu_count() or 1) + count))
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX has started: fine if it already has that many CPU devices
