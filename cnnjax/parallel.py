@@ -27,9 +27,9 @@ THREADS_VARIABLE = "PJRT_NPROC"  # the size of XLA:CPU's thread pools (default: 
 def split_cpu(count: int) -> None:
     """Makes the host CPU ``count`` JAX devices (``config.train.cpu_devices``; 0 keeps JAX's default, one device).
 
-    With data parallelism over them each device runs its slice of the batch on its own thread, so the operations
-    XLA:CPU runs single-threaded use every core: the Flax MNIST CNN trains 1.34x faster on two devices of the 2-core
-    CPU than on one, LeNet 0.85x (bench/cpu_devices.py). It only takes effect before JAX's first operation (the
+    With data parallelism over them each device runs its slice of the batch, so the operations XLA:CPU runs on one
+    thread keep every core busy: the Flax MNIST CNN trains 1.26-1.32x faster on two devices of the 2-core CPU than
+    on one, LeNet 0.81-0.85x (bench/cpu_devices.py). It only takes effect before JAX's first operation (the
     launcher checks the config first); afterwards a different count raises a ValueError. GPU and TPU runs are
     unaffected.
 
@@ -39,8 +39,6 @@ def split_cpu(count: int) -> None:
     """
     if not count:
         return
-    if count > 1:  # each device blocks a thread while it waits in the gradients' all-reduce
-        os.environ.setdefault(THREADS_VARIABLE, str((os.cpu_count() or 1) + count))
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX has started: fine if it already has that many CPU devices
@@ -51,6 +49,9 @@ def split_cpu(count: int) -> None:
                 f"device(s); set it before JAX's first operation (launch.py does), or start the process with "
                 f"JAX_NUM_CPU_DEVICES={count}"
             ) from None
+        return
+    if count > 1:  # read when JAX starts; each device blocks a thread while it waits in the gradients' all-reduce
+        os.environ.setdefault(THREADS_VARIABLE, str((os.cpu_count() or 1) + count))
 
 
 def num_devices(requested: int) -> int:

@@ -4,9 +4,10 @@ SGD with momentum 0.9 at learning rate 0.1, batch 128, 10 epochs (the example's 
     python launch.py --experiment=mnist_cnn
     python launch.py --experiment=mnist_cnn --config.data.name=mnist    # MNIST itself (TFDS downloads it online)
 
-On a CPU it trains data-parallel over two CPU devices (``train.cpu_devices``): each runs half of the batch on its own
-thread, 1.34x the speed of one device on the 2-core CPU, because XLA:CPU runs much of this model's step on one core
-(bench/cpu_devices.py). On GPUs ``train.num_devices=0`` uses all of them.
+On a CPU it trains data-parallel over two CPU devices (``train.cpu_devices``): each runs half of the batch, 1.26-1.32x
+the speed of one device on the 2-core CPU, because XLA:CPU runs much of this model's step on one core at a time
+(bench/cpu_devices.py); on GPUs ``train.num_devices=0`` uses all of them. Measured on the 2-core CPU (offline,
+Fashion-MNIST): 91.5% test accuracy (91.9% validation, best epoch 8) in 170 s, training at ~3,490 images/s.
 """
 
 from cnnjax.config import base_config, model_config

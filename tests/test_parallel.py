@@ -92,9 +92,11 @@ def test_cpu_devices_cannot_change_after_jax_started(tmp_path):
     jax.devices()  # JAX has started in this process, with one CPU device
     parallel.split_cpu(1)  # what it has: nothing to change
     config = small_config(tmp_path, cpu_devices=2)
+    threads = os.environ.get(parallel.THREADS_VARIABLE)
     with pytest.raises(ValueError, match=r"cpu_devices=2 cannot take effect: JAX already started with 1 CPU device"):
         train.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    assert os.environ.get(parallel.THREADS_VARIABLE) == threads  # nothing changed for this process or its children
 
 
 def test_batch_must_split_evenly_over_devices(tmp_path):
