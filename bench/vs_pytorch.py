@@ -7,7 +7,9 @@ For each model the same architecture, batch (128), optimizer (Adam 1e-3) and dat
 alternate cnnjax (its real jitted train step: device-resident data, donated state, on as many CPU devices as the
 model's experiment splits the CPU into: two for the MNIST CNN, bench/cpu_devices.py) and PyTorch eager; the medians of
 images/s, the ratio cnnjax / PyTorch, cnnjax's GFLOP/s (3x the forward FLOPs of cnnjax.summary per image) and its
-fraction of the float32 matmul peak measured in the same run are printed.
+fraction of the float32 matmul peak measured in the same run are printed. Splitting the CPU for the MNIST CNN also
+enlarges XLA's thread pools for the whole process (``parallel.split_cpu``), which cost LeNet ~5% (1.14x instead of
+1.20x PyTorch, separate runs): time the MNIST CNN on its own (``--models=mnist_cnn``) for the other models' figures.
 """
 
 from __future__ import annotations
