@@ -2,9 +2,10 @@
 
     PYTHONPATH=. .venv/bin/python bench/profile_step.py [--model=lenet] [--steps=10] [--top=25]
 
-Runs the benchmark model's real train step (bench/workloads.py) under ``jax.profiler``, sums the time of every XLA
-operation over the steps, and prints the most expensive ones per step with the JAX operation they lower
-(``op_name`` metadata of the optimized HLO: ``jvp(...)`` is the forward pass, ``transpose(jvp(...))`` the backward).
+Runs the benchmark model's real train step (bench/workloads.py, on one CPU device, also for a model whose experiment
+splits the CPU) under ``jax.profiler``, sums the time of every XLA operation over the steps, and prints the most
+expensive ones per step with the JAX operation they lower (``op_name`` metadata of the optimized HLO: ``jvp(...)``
+is the forward pass, ``transpose(jvp(...))`` the backward).
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    workloads.split_cpu_for([args.model])
-    _, _, step, state, batches = workloads.train_workload(args.model, args.steps)
+    _, _, step, state, batches = workloads.train_workload(args.model, args.steps, devices=1)
     names = op_names(step.lower(state, *batches[0]).compile().as_text())
     state = workloads.run_steps(step, state, batches)  # compile and warm up
     with tempfile.TemporaryDirectory() as trace_dir:
