@@ -36,8 +36,8 @@ flags.DEFINE_enum(
     "auto",
     ["auto", "sequential", "vectorized"],
     "how a sweep's trials run locally (vectorized: one vmapped program per group of trials that differ only in "
-    "optimizer values; auto: vectorized on accelerators, and on the CPU for batches of at most 16, where it measured "
-    "faster)",
+    "optimizer values; auto: vectorized on accelerators, and on the CPU for batches of at most 32 "
+    "(cnnjax.sweep.CPU_VECTORIZED_MAX_BATCH), where it measured faster)",
 )
 flags.DEFINE_integer("sweep_trial", None, "run only this trial index of the sweep")
 flags.DEFINE_string("study_storage", None, "Optuna storage shared by sweep workers: a journal file path or a "

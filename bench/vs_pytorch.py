@@ -15,7 +15,6 @@ enlarges XLA's thread pools for the whole process (``parallel.split_cpu``), whic
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -156,16 +155,8 @@ def main() -> None:
           f"steps per round, medians of {args.rounds} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
     for name in args.models.split(","):
         ours, flops, compile_s = cnnjax_runner(name, args.steps)
-        theirs = torch_runner(name, args.steps)
-        ours()
-        theirs()  # warm-up
-        rates = {"cnnjax": [], "torch": []}
-        for _ in range(args.rounds):
-            for label, run in (("cnnjax", ours), ("torch", theirs)):
-                start = time.perf_counter()
-                run()
-                rates[label].append(args.steps * BATCH / (time.perf_counter() - start))
-        cnnjax_rate, torch_rate = statistics.median(rates["cnnjax"]), statistics.median(rates["torch"])
+        seconds = workloads.interleaved_medians({"cnnjax": ours, "torch": torch_runner(name, args.steps)}, args.rounds)
+        cnnjax_rate, torch_rate = (args.steps * BATCH / seconds[label] for label in ("cnnjax", "torch"))
         gflops = cnnjax_rate * flops / 1e9
         print(f"{name:>10}: cnnjax {cnnjax_rate:8,.0f} img/s  torch eager {torch_rate:8,.0f} img/s  "
               f"ratio {cnnjax_rate / torch_rate:.2f}x  cnnjax {gflops:5.1f} GFLOP/s = {100 * gflops / peak:4.1f}% of peak  "

@@ -18,6 +18,7 @@ from cnnjax.config import base_config
 from experiments import mnist_cnn, resnet, resnet9
 
 BATCH = 128
+MNIST_CNN = mnist_cnn.get_config()
 
 
 class Workload(NamedTuple):
@@ -29,11 +30,7 @@ class Workload(NamedTuple):
 
 MODELS = {
     "lenet": Workload(lambda: models.get("lenet"), (28, 28, 1)),
-    "mnist_cnn": Workload(
-        lambda: models.get(**mnist_cnn.get_config().model),
-        (28, 28, 1),
-        cpu_devices=mnist_cnn.get_config().train.cpu_devices,
-    ),
+    "mnist_cnn": Workload(lambda: models.get(**MNIST_CNN.model), (28, 28, 1), cpu_devices=MNIST_CNN.train.cpu_devices),
     "cifar_cnn": Workload(lambda: models.get("cifar_cnn"), (32, 32, 3)),
     "resnet20": Workload(
         lambda: models.get("resnet", depth=20), (32, 32, 3), resnet.get_config().train.xla_cpu_ynn_fusion

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ["CNNJAX_XLA_FLAGS"] = "0"  # compare against XLA's own default
 
@@ -45,18 +43,14 @@ def main() -> None:
     for name in args.models.split(","):
         _, _, step, state, batches = workloads.train_workload(name, args.steps)
         lowered = step.lower(state, *batches[0])
-        compiled = {label: lowered.compile(compiler_options(types)) for label, types in SETTINGS.items()}
-        times = {label: [] for label in SETTINGS}
-        for _ in range(args.rounds):
-            for label, executable in compiled.items():
-                fresh = jax.tree.map(jnp.copy, state)  # the step donates its state
-                start = time.perf_counter()
-                workloads.run_steps(executable, fresh, batches)
-                times[label].append(time.perf_counter() - start)
-        default = statistics.median(times["default"])
+        runs = {  # each with its own copy of the state, which the step donates
+            label: workloads.runner(lowered.compile(compiler_options(types)), jax.tree.map(jnp.copy, state), batches)
+            for label, types in SETTINGS.items()
+        }
+        seconds = workloads.interleaved_medians(runs, args.rounds)
         print(f"{name:>10}: " + "  ".join(
-            f"{label} {args.steps * workloads.BATCH / statistics.median(t):,.0f} img/s ({default / statistics.median(t):.2f}x)"
-            for label, t in times.items()
+            f"{label} {args.steps * workloads.BATCH / s:,.0f} img/s ({seconds['default'] / s:.2f}x)"
+            for label, s in seconds.items()
         ))  # fmt: skip
 
 
