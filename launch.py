@@ -20,7 +20,16 @@ from ml_collections import config_flags
 
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 
-flags.DEFINE_string("experiment", None, "the experiment to run: experiments/<NAME>.py")
+
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS.glob("*.py") if not p.stem.startswith("_"))
+
+
+flags.DEFINE_string(
+    "experiment",
+    None,
+    "the experiment to run, experiments/<NAME>.py: " + ", ".join(available_experiments()),
+)
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
 flags.DEFINE_bool(
@@ -46,10 +55,7 @@ flags.DEFINE_string("coordinator_address", None, "multi-process runs: host:port 
 flags.DEFINE_integer("num_processes", 1, "multi-process runs: how many processes take part")
 flags.DEFINE_integer("process_id", 0, "multi-process runs: this process's index, 0 .. num_processes - 1")
 FLAGS = flags.FLAGS
-
-
-def available_experiments() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENTS.glob("*.py") if not p.stem.startswith("_"))
+HELP_FLAGS = {"--help", "-h", "-?", "--helpshort", "--helpfull"}
 
 
 def flag_value(argv: list[str], name: str) -> str | None:
@@ -64,9 +70,11 @@ def flag_value(argv: list[str], name: str) -> str | None:
 
 def load_config(argv: list[str]):
     """The experiment's config, after checking that the experiment and every --config.KEY override exist."""
-    from cnnjax.config import closest_keys, flat_keys
+    from cnnjax.config import base_config, closest_keys, flat_keys
 
     name = flag_value(argv, "experiment")
+    if name is None and HELP_FLAGS.intersection(argv):
+        return base_config()  # for the flags' help: every experiment's config has these keys
     if name not in available_experiments():
         sys.exit(f"{'--experiment is required' if name is None else f'unknown experiment {name!r}'}; "
                  f"available: {', '.join(available_experiments())}")  # fmt: skip

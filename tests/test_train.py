@@ -412,3 +412,5 @@ def test_launcher_overrides_summary_and_errors():
     assert "lenet, lenet5_classic" in result.stderr
     result = launch("--experiment=lenet", "--config.optim.learning_rate=fast", "--summary")
     assert result.returncode != 0 and "learning_rate" in result.stderr
+    result = launch("--help")  # no experiment needed to read the flags (absl's help exits with status 1)
+    assert "--experiment: the experiment to run" in result.stdout and "lenet, lenet5_classic" in result.stdout
