@@ -362,7 +362,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         f"{len(splits.train[1]):,} train / {len(splits.validation[1]):,} validation / {len(splits.test[1]):,} test, "
         f"{steps_per_epoch} steps per epoch on {mesh.size} device(s); run directory {workdir}"
     )
-    step, first_step_s, train_time = int(state["step"]), None, 0.0
+    step, first_step_s = int(state["step"]), None
     for epoch in range(step // steps_per_epoch, c.num_epochs):
         if meta["stopped_early"]:
             break
@@ -399,7 +399,6 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 checkpoints.save(step, state, meta)
         bar.close()
         epoch_time = time.time() - epoch_start
-        train_time += epoch_time
         loss_sum, accuracy_sum, steps = (float(v) for v in np.asarray(state["epoch_sums"], np.float64))
         epoch_record = {
             "kind": "epoch",
@@ -432,7 +431,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     writer.close()
     checkpoints.close()
     records = metrics.read_records(workdir / "metrics.jsonl")
-    epoch_records = [r for r in records if r["kind"] == "epoch"]
+    epoch_records = [r for r in records if r["kind"] == "epoch"]  # also those of the processes before a resume
+    train_time = sum(r["elapsed_s"] for r in epoch_records)
     if chief:
         title = f"{config.model.name} on {config.data.name}"
         plots.learning_curves(records, workdir / "learning_curves.png", title=title)
@@ -447,8 +447,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         "steps": step,
         "params": count_params(final_state["params"]),
         "train_time_s": train_time,
-        "images_per_sec": sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records)
-        / max(sum(r["elapsed_s"] for r in epoch_records), 1e-9),
+        "images_per_sec": sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
         "time_to_first_step_s": first_step_s,
         "wall_time_s": time.time() - started,
     }

@@ -151,6 +151,8 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch):
         metrics.read_records(tmp_path / "resumed" / "metrics.jsonl")
     )
     assert results["test_accuracy"] == json.loads((tmp_path / "whole" / "results.json").read_text())["test_accuracy"]
+    epochs = [r for r in metrics.read_records(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert results["train_time_s"] == pytest.approx(sum(r["elapsed_s"] for r in epochs))  # before the resume too
     # a finished run is not trained again
     assert train.train_and_evaluate(config, tmp_path / "resumed")["steps"] == results["steps"]
 
