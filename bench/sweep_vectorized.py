@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import models, optim, sweep, train
+from cnnjax import backend, models, optim, sweep, train
 from experiments.lenet import get_config
 
 
@@ -45,10 +45,10 @@ def compare(args, batch: int) -> None:
     model = models.get("lenet") if args.model == "lenet" else models.get("resnet", depth=20)
     shape = (28, 28, 1) if args.model == "lenet" else (32, 32, 3)
     optimizer, train_fn, solo_step, eval_fn, _ = train.compiled_steps(config, model, args.steps)
-    ynn_fusion = config.train.xla_cpu_ynn_fusion
-    group_steps = {"vectorized": sweep._group_steps(train_fn, eval_fn, ynn_fusion)[0]}
+    xla = backend.XlaCpuOptions.of(config.train)
+    group_steps = {"vectorized": sweep._group_steps(train_fn, eval_fn, xla)[0]}
     if args.grouped_convs:
-        group_steps["grouped convs"] = sweep._group_steps(train_fn, eval_fn, ynn_fusion, axis_name=None)[0]
+        group_steps["grouped convs"] = sweep._group_steps(train_fn, eval_fn, xla, axis_name=None)[0]
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((args.steps * batch, *shape)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, args.steps * batch).astype(np.int32))

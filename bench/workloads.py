@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from cnnjax import models, optim, parallel, train
+from cnnjax import backend, models, optim, parallel, train
 from cnnjax.config import base_config
 from experiments import mnist_cnn, resnet, resnet9
 
@@ -24,7 +24,7 @@ MNIST_CNN = mnist_cnn.get_config()
 class Workload(NamedTuple):
     make_model: Callable[[], object]
     image_shape: tuple[int, int, int]  # (H, W, C)
-    ynn_fusion: str = ""  # its experiment's config.train.xla_cpu_ynn_fusion
+    xla: backend.XlaCpuOptions = backend.XlaCpuOptions()  # its experiment's config.train.xla_cpu_* settings
     cpu_devices: int = 1  # how many CPU devices its experiment trains on (config.train.cpu_devices, at least 1)
 
 
@@ -33,10 +33,10 @@ MODELS = {
     "mnist_cnn": Workload(lambda: models.get(**MNIST_CNN.model), (28, 28, 1), cpu_devices=MNIST_CNN.train.cpu_devices),
     "cifar_cnn": Workload(lambda: models.get("cifar_cnn"), (32, 32, 3)),
     "resnet20": Workload(
-        lambda: models.get("resnet", depth=20), (32, 32, 3), resnet.get_config().train.xla_cpu_ynn_fusion
+        lambda: models.get("resnet", depth=20), (32, 32, 3), backend.XlaCpuOptions.of(resnet.get_config().train)
     ),
     "resnet9": Workload(
-        lambda: models.get("resnet9", width=16), (28, 28, 1), resnet9.get_config().train.xla_cpu_ynn_fusion
+        lambda: models.get("resnet9", width=16), (28, 28, 1), backend.XlaCpuOptions.of(resnet9.get_config().train)
     ),
 }
 
@@ -47,17 +47,18 @@ def split_cpu_for(names: list[str]) -> None:
     parallel.split_cpu(max(MODELS[name].cpu_devices for name in names))
 
 
-def train_workload(name: str, steps: int, devices: int | None = None):
+def train_workload(name: str, steps: int, devices: int | None = None, xla: backend.XlaCpuOptions | None = None):
     """(model, image shape, train step, initial state, step arguments per batch) for `steps` batches of BATCH.
 
-    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state, the experiment's XLA options),
-    data-parallel over ``devices`` CPU devices (default: as its experiment trains); call it as ``step(state, *args)``
-    for each ``args`` in the returned list.
+    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state), data-parallel over ``devices`` CPU devices (default: as its experiment trains), compiled with the XLA:CPU options
+    ``xla`` (default: its experiment's); call it as ``step(state, *args)`` for each ``args`` in the returned list.
     """
     workload = MODELS[name]
     model = workload.make_model()
     optimizer = optim.make_optimizer(base_config().optim, steps, 1)
-    step = train.make_train_step(model, optimizer, "cross_entropy", lambda key, x: x, ynn_fusion=workload.ynn_fusion)
+    step = train.make_train_step(
+        model, optimizer, "cross_entropy", lambda key, x: x, xla=workload.xla if xla is None else xla
+    )
     mesh = parallel.make_mesh(devices or workload.cpu_devices)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((steps * BATCH, *workload.image_shape)).astype(np.float32)

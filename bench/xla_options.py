@@ -1,10 +1,11 @@
-"""Training throughput under different XLA:CPU YNNPACK settings, compiled side by side in one process.
+"""Training throughput under different XLA:CPU settings (YNNPACK fusions, CSE), compiled side by side in one process.
 
     PYTHONPATH=. .venv/bin/python bench/xla_options.py [--rounds=5] [--steps=10] [--models=lenet,mnist_cnn,...]
 
-Each model's real train step is compiled once per setting of ``xla_cpu_experimental_ynn_fusion_type`` (as
-``compiler_options``, so one process compares them all), then the settings run in interleaved rounds from the same
-initial state. Prints median images/s and the ratio to XLA's default. cnnjax.backend picks its flag from this.
+Each model's real train step is compiled once per setting of ``xla_cpu_experimental_ynn_fusion_type`` and with or
+without XLA's common-subexpression elimination (as ``compiler_options``, so one process compares them all), then the
+settings run in interleaved rounds from the same initial state. Prints median images/s and the ratio to XLA's
+default. cnnjax.backend picks its flag from this, and the experiments their ``train.xla_cpu_*`` settings.
 """
 
 from __future__ import annotations
@@ -18,18 +19,26 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import workloads  # noqa: E402
 
-OPTION = "xla_cpu_experimental_ynn_fusion_type"
-SETTINGS = {  # label -> YNNPACK fusion types (None: XLA's default list; "": none)
-    "default": None,
-    "none": "",
-    "individual_dot": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
-    "individual_dot,reduce": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
-    "dot,eltwise,reduce": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE",
-}
+from cnnjax import backend  # noqa: E402
 
 
-def compiler_options(types: str | None) -> dict:
-    return {} if types is None else {OPTION: types}
+def settings() -> dict[str, dict]:
+    """label -> the step's compiler options; ratios are to XLA's default. Call it after splitting the CPU: the
+    options ask JAX for its backend."""
+    return {
+        "default": {},
+        "none": {"xla_cpu_experimental_ynn_fusion_type": ""},  # no YNNPACK at all
+        **{
+            f"{types}{'' if cse else ' no cse'}": backend.XlaCpuOptions(types, cse).compiler_options()
+            for types, cse in [
+                ("individual_dot", True),
+                ("individual_dot,reduce", True),
+                ("dot,eltwise,reduce", True),
+                ("individual_dot", False),
+                ("dot,eltwise,reduce", False),
+            ]
+        },
+    }
 
 
 def main() -> None:
@@ -41,11 +50,11 @@ def main() -> None:
     workloads.split_cpu_for(args.models.split(","))
     print(f"jax {jax.__version__}; batch {workloads.BATCH}, {args.steps} steps per round, medians of {args.rounds}")
     for name in args.models.split(","):
-        _, _, step, state, batches = workloads.train_workload(name, args.steps)
+        _, _, step, state, batches = workloads.train_workload(name, args.steps, xla=backend.XlaCpuOptions())
         lowered = step.lower(state, *batches[0])
         runs = {  # each with its own copy of the state, which the step donates
-            label: workloads.runner(lowered.compile(compiler_options(types)), jax.tree.map(jnp.copy, state), batches)
-            for label, types in SETTINGS.items()
+            label: workloads.runner(lowered.compile(options), jax.tree.map(jnp.copy, state), batches)
+            for label, options in settings().items()
         }
         seconds = workloads.interleaved_medians(runs, args.rounds)
         print(f"{name:>10}: " + "  ".join(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from typing import NamedTuple
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
 OPT_OUT = "CNNJAX_XLA_FLAGS"
@@ -32,19 +33,41 @@ def apply_xla_flags(environ: MutableMapping[str, str] = os.environ) -> tuple[str
     return added
 
 
-def compiler_options(ynn_fusion: str) -> dict[str, str]:
-    """``jax.jit`` compiler options that give XLA:CPU the YNNPACK fusion types ``ynn_fusion`` for one program.
+class XlaCpuOptions(NamedTuple):
+    """A config's per-program XLA:CPU settings (``config.train.xla_cpu_*``); hashable, so compiled steps can be cached
+    by them. GPU and TPU compilations ignore them.
 
-    ``ynn_fusion``: comma-separated :data:`YNN_FUSION_TYPES`, e.g. 'dot,eltwise,reduce' (ResNet-20's step runs 1.27x
-    faster with it than with cnnjax's default, LeNet's 0.55x: bench/xla_options.py); '' keeps the process-wide setting.
+    ``ynn_fusion``: comma-separated :data:`YNN_FUSION_TYPES` that YNNPACK runs, e.g. 'dot,eltwise,reduce' (ResNet-20's
+    step runs 1.27x faster with it than with cnnjax's default, LeNet's 0.55x: bench/xla_options.py); '' keeps the
+    process-wide setting (:data:`CPU_FLAGS`).
+    ``cse``: False turns off XLA's common-subexpression elimination. It merges the batch-norm scale's broadcast in the
+    forward pass with the same broadcast in the backward pass; shared, the broadcast stays out of YNNPACK's fusions and
+    is written out at the activations' full size, 19 times per ResNet-20 step. Without it ResNet-20's step ran 1.06-1.09x
+    faster, VGG-16-BN's 0.96x (bench/xla_options.py).
     """
-    if not ynn_fusion:
-        return {}
-    names = ynn_fusion.split(",")
-    unknown = [name for name in names if name not in YNN_FUSION_TYPES]
-    if unknown:
-        raise ValueError(
-            f"config.train.xla_cpu_ynn_fusion={ynn_fusion!r}: unknown fusion type(s) {unknown}; use a comma-separated "
-            f"list of {YNN_FUSION_TYPES}, or '' for cnnjax's default"
-        )
-    return {"xla_cpu_experimental_ynn_fusion_type": ",".join(f"LIBRARY_FUSION_TYPE_{n.upper()}" for n in names)}
+
+    ynn_fusion: str = ""
+    cse: bool = True
+
+    @classmethod
+    def of(cls, train_config) -> XlaCpuOptions:
+        """The options of a ``config.train`` section."""
+        return cls(train_config.xla_cpu_ynn_fusion, train_config.xla_cpu_cse)
+
+    def compiler_options(self) -> dict[str, str]:
+        """``jax.jit`` compiler options that apply these settings to one program; raises a ValueError naming the config
+        key for an unknown YNNPACK fusion type."""
+        import jax  # after apply_xla_flags: cnnjax's import must not start JAX
+
+        options = {} if self.cse or jax.default_backend() != "cpu" else {"xla_disable_hlo_passes": "cse"}
+        if not self.ynn_fusion:
+            return options
+        names = self.ynn_fusion.split(",")
+        unknown = [name for name in names if name not in YNN_FUSION_TYPES]
+        if unknown:
+            raise ValueError(
+                f"config.train.xla_cpu_ynn_fusion={self.ynn_fusion!r}: unknown fusion type(s) {unknown}; use a "
+                f"comma-separated list of {YNN_FUSION_TYPES}, or '' for cnnjax's default"
+            )
+        fusion_types = ",".join(f"LIBRARY_FUSION_TYPE_{n.upper()}" for n in names)
+        return {**options, "xla_cpu_experimental_ynn_fusion_type": fusion_types}

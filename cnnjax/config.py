@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
             "cpu_devices": 0,  # > 0: split the host CPU into this many devices (parallel.split_cpu; 0: JAX's one)
             "compute_dtype": "float32",  # float32 | bfloat16 (mixed precision: float32 parameters and optimizer)
             "xla_cpu_ynn_fusion": "",  # XLA:CPU ops run by YNNPACK, e.g. 'dot,eltwise,reduce' ('': cnnjax.backend's)
+            "xla_cpu_cse": True,  # False: XLA:CPU without common-subexpression elimination (backend.XlaCpuOptions)
         }
     )
     return config

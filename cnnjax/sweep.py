@@ -202,7 +202,7 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     states, (key, *_) = zip(*(train.run_state(config, model, optimizer, splits.image_shape) for config in configs))
     state = _stack(states)
     best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
-    group_step, group_eval = _group_steps(train_fn, eval_fn, c.xla_cpu_ynn_fusion)
+    group_step, group_eval = _group_steps(train_fn, eval_fn, backend.XlaCpuOptions.of(c))
     writers = []
     for config, workdir in zip(configs, workdirs):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +285,7 @@ def _where_members(mask: np.ndarray, new, old):
 
 
 @functools.lru_cache(maxsize=8)
-def _group_steps(train_fn, eval_fn, ynn_fusion: str, axis_name: str | None = F.MEMBER_AXIS):
+def _group_steps(train_fn, eval_fn, xla: backend.XlaCpuOptions, axis_name: str | None = F.MEMBER_AXIS):
     """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis.
 
     The members share the batch index and key (one seed): the batch and its augmentation are computed once for all
@@ -293,9 +293,9 @@ def _group_steps(train_fn, eval_fn, ynn_fusion: str, axis_name: str | None = F.M
     one convolution with their output channels side by side. Mapped over ``functional.MEMBER_AXIS``, the later
     convolutions run one per member on the CPU (see ``functional.conv2d``); ``axis_name=None`` leaves them to JAX's
     batching (one grouped convolution; bench/sweep_vectorized.py compares both).
-    ``ynn_fusion``: ``config.train.xla_cpu_ynn_fusion``.
+    ``xla``: the config's ``backend.XlaCpuOptions``.
     """
-    options = backend.compiler_options(ynn_fusion)
+    options = xla.compiler_options()
 
     def masked_step(state, images, labels, batch_index, key, alive):
         new_state, step_metrics = train_fn(state, images, labels, batch_index, key)

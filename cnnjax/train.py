@@ -76,8 +76,8 @@ def check_config(config):
         raise ValueError(
             f"config.train.compute_dtype={config.train.compute_dtype!r} is invalid: choose one of {COMPUTE_DTYPES}"
         )
-    backend.compiler_options(config.train.xla_cpu_ynn_fusion)
-    parallel.split_cpu(config.train.cpu_devices)
+    parallel.split_cpu(config.train.cpu_devices)  # before the options below start JAX
+    backend.XlaCpuOptions.of(config.train).compiler_options()
     devices = parallel.num_devices(config.train.num_devices)
     for key in ("batch_size", "eval_batch_size"):
         if config.data[key] % devices:
@@ -130,11 +130,13 @@ def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
     return state, train_key
 
 
-def make_train_step(model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", ynn_fusion: str = ""):
+def make_train_step(
+    model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", xla: backend.XlaCpuOptions | None = None
+):
     """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated.
-    ``ynn_fusion``: as ``config.train.xla_cpu_ynn_fusion``."""
+    ``xla``: the config's ``backend.XlaCpuOptions`` (None: the defaults)."""
     step_fn = train_step_fn(model, optimizer, loss_name, augment, compute_dtype)
-    return jax.jit(step_fn, donate_argnums=0, compiler_options=backend.compiler_options(ynn_fusion))
+    return jax.jit(step_fn, donate_argnums=0, compiler_options=(xla or backend.XlaCpuOptions()).compiler_options())
 
 
 def train_step_fn(
@@ -220,13 +222,13 @@ def _view_items(config) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, label_smoothing: float,
-                  augment_items: tuple, view_items: tuple, compute_dtype: str, ynn_fusion: str):  # fmt: skip
+                  augment_items: tuple, view_items: tuple, compute_dtype: str, xla: backend.XlaCpuOptions):  # fmt: skip
     optim_config = ml_collections.ConfigDict(dict(optim_items))
     optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs)
     augment = functools.partial(data.augment, **dict(augment_items))
     train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype, label_smoothing)
     eval_fn = eval_step_fn(model, loss, compute_dtype, functools.partial(data.test_time_views, **dict(view_items)))
-    options = backend.compiler_options(ynn_fusion)
+    options = xla.compiler_options()
     train_step = jax.jit(train_fn, donate_argnums=0, compiler_options=options)
     return optimizer, train_fn, train_step, eval_fn, jax.jit(eval_fn, compiler_options=options)
 
@@ -245,7 +247,7 @@ def compiled_steps(config, model, steps_per_epoch: int):
     )
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
-        augment_items, _view_items(config), config.train.compute_dtype, config.train.xla_cpu_ynn_fusion,
+        augment_items, _view_items(config), config.train.compute_dtype, backend.XlaCpuOptions.of(config.train),
     )  # fmt: skip
 
 

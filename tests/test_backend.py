@@ -1,5 +1,6 @@
 """cnnjax.backend: the XLA flags set on import."""
 
+import re
 import subprocess
 import sys
 
@@ -7,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cnnjax import models, train
-from cnnjax.backend import CPU_FLAGS, apply_xla_flags, compiler_options
+from cnnjax import backend, models, train
+from cnnjax.backend import CPU_FLAGS, apply_xla_flags
 from cnnjax.config import base_config
 
 
@@ -42,16 +43,20 @@ def test_importing_cnnjax_keeps_ynnpack_for_matrix_products_only():
     assert out.stdout.split() == ["True", "True"]
 
 
-def ynn_fusions_in_train_step(ynn_fusion: str) -> int:
+def compiled_train_step(model, image_shape, **train_settings) -> str:
+    """The optimized HLO text of the train step that ``compiled_steps`` builds with ``config.train`` settings."""
     config = base_config()
-    config.train.xla_cpu_ynn_fusion = ynn_fusion
-    model = models.get("lenet", filters=(2, 4), hidden=(8,))
+    config.train.update(train_settings)
     optimizer, _, step, _, _ = train.compiled_steps(config, model, 1)
-    state = train.init_state(model, optimizer, (28, 28, 1), jax.random.key(0))
-    images, labels = jnp.zeros((8, 28, 28, 1)), jnp.zeros(8, jnp.int32)
+    state = train.init_state(model, optimizer, image_shape, jax.random.key(0))
+    images, labels = jnp.zeros((8, *image_shape)), jnp.zeros(8, jnp.int32)
     with jax.numpy_dtype_promotion("standard"):  # Optax's internals (see test_train)
-        text = step.lower(state, images, labels, jnp.arange(4), jax.random.key(1)).compile().as_text()
-    return text.count("ynn_fusion")
+        return step.lower(state, images, labels, jnp.arange(4), jax.random.key(1)).compile().as_text()
+
+
+def ynn_fusions_in_train_step(ynn_fusion: str) -> int:
+    model = models.get("lenet", filters=(2, 4), hidden=(8,))
+    return compiled_train_step(model, (28, 28, 1), xla_cpu_ynn_fusion=ynn_fusion).count("ynn_fusion")
 
 
 def test_a_configs_ynn_fusion_types_reach_its_compiled_steps():
@@ -59,9 +64,21 @@ def test_a_configs_ynn_fusion_types_reach_its_compiled_steps():
     assert ynn_fusions_in_train_step("dot,eltwise,reduce") > ynn_fusions_in_train_step("individual_dot") > 0
 
 
+def test_without_cse_batch_norm_broadcasts_join_the_ynnpack_fusions():
+    def activation_sized_broadcasts(cse: bool) -> int:
+        text = compiled_train_step(
+            models.get("resnet", depth=8), (16, 16, 3), xla_cpu_ynn_fusion="dot,eltwise,reduce", xla_cpu_cse=cse
+        )
+        return len(re.findall(r"%wrapped_broadcast[.\d]* = f32\[4,\d+,\d+,\d+\]", text))  # a batch (4, H, W, C)
+
+    # with CSE, each batch norm's scale broadcast is shared by its forward and backward passes and written out
+    assert activation_sized_broadcasts(cse=True) >= 7 > activation_sized_broadcasts(cse=False)
+    assert backend.XlaCpuOptions("", cse=False).compiler_options() == {"xla_disable_hlo_passes": "cse"}
+
+
 def test_unknown_ynn_fusion_types_are_rejected_naming_the_key():
     config = base_config()
     config.train.xla_cpu_ynn_fusion = "dot,conv"
     with pytest.raises(ValueError, match=r"xla_cpu_ynn_fusion=.*\['conv'\]"):
         train.check_config(config)
-    assert compiler_options("") == {}
+    assert backend.XlaCpuOptions().compiler_options() == {}
