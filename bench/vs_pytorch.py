@@ -7,14 +7,16 @@ For each model the same architecture, batch (128), optimizer (Adam 1e-3) and dat
 alternate cnnjax (its real jitted train step: device-resident data, donated state, on as many CPU devices as the
 model's experiment splits the CPU into: two for the MNIST CNN, bench/cpu_devices.py) and PyTorch eager; the medians of
 images/s, the ratio cnnjax / PyTorch, cnnjax's GFLOP/s (3x the forward FLOPs of cnnjax.summary per image) and its
-fraction of the float32 matmul peak measured in the same run are printed. Splitting the CPU for the MNIST CNN also
-enlarges XLA's thread pools for the whole process (``parallel.split_cpu``), which cost LeNet ~5% (1.14x instead of
-1.20x PyTorch, separate runs): time the MNIST CNN on its own (``--models=mnist_cnn``) for the other models' figures.
+fraction of the float32 matmul peak measured in the same run are printed. Each model runs in a process of its own:
+splitting the CPU for the MNIST CNN enlarges XLA's thread pools for the whole process (``parallel.split_cpu``), which
+cost LeNet ~5% when they shared one (1.14x instead of 1.20x PyTorch).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 
 import jax
@@ -148,19 +150,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--models", default=",".join(TORCH_MODELS))
     args = parser.parse_args()
-    workloads.split_cpu_for(args.models.split(","))
+    names = args.models.split(",")
+    if len(names) > 1:  # one process per model (see above)
+        for name in names:
+            command = [sys.executable, __file__, f"--models={name}", f"--rounds={args.rounds}", f"--steps={args.steps}"]
+            subprocess.run(command, check=True)
+        return
+    workloads.split_cpu_for(names)
     torch.set_num_threads(2)
     peak = matmul_peak_gflops()
     print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}; batch {BATCH}, {args.steps} "
           f"steps per round, medians of {args.rounds} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
-    for name in args.models.split(","):
-        ours, flops, compile_s = cnnjax_runner(name, args.steps)
-        seconds = workloads.interleaved_medians({"cnnjax": ours, "torch": torch_runner(name, args.steps)}, args.rounds)
-        cnnjax_rate, torch_rate = (args.steps * BATCH / seconds[label] for label in ("cnnjax", "torch"))
-        gflops = cnnjax_rate * flops / 1e9
-        print(f"{name:>10}: cnnjax {cnnjax_rate:8,.0f} img/s  torch eager {torch_rate:8,.0f} img/s  "
-              f"ratio {cnnjax_rate / torch_rate:.2f}x  cnnjax {gflops:5.1f} GFLOP/s = {100 * gflops / peak:4.1f}% of peak  "
-              f"(train step compile {compile_s:.1f} s; {workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
+    (name,) = names
+    ours, flops, compile_s = cnnjax_runner(name, args.steps)
+    seconds = workloads.interleaved_medians({"cnnjax": ours, "torch": torch_runner(name, args.steps)}, args.rounds)
+    cnnjax_rate, torch_rate = (args.steps * BATCH / seconds[label] for label in ("cnnjax", "torch"))
+    gflops = cnnjax_rate * flops / 1e9
+    print(f"{name:>10}: cnnjax {cnnjax_rate:8,.0f} img/s  torch eager {torch_rate:8,.0f} img/s  "
+          f"ratio {cnnjax_rate / torch_rate:.2f}x  cnnjax {gflops:5.1f} GFLOP/s = {100 * gflops / peak:4.1f}% of peak  "
+          f"(train step compile {compile_s:.1f} s; {workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ class XlaCpuOptions(NamedTuple):
     process-wide setting (:data:`CPU_FLAGS`).
     ``cse``: False turns off XLA's common-subexpression elimination. It merges the batch-norm scale's broadcast in the
     forward pass with the same broadcast in the backward pass; shared, the broadcast stays out of YNNPACK's fusions and
-    is written out at the activations' full size, 19 times per ResNet-20 step. Without it ResNet-20's step ran 1.06-1.09x
-    faster, VGG-16-BN's 0.96x (bench/xla_options.py).
+    is written out at the activations' full size, 19 times per ResNet-20 step. Without it ResNet-20's step ran 1.03-1.09x
+    faster, VGG-16-BN's 0.96x, ResNet-9's 0.89-1.11x (bench/xla_options.py). Applies to CPU compilations only.
     """
 
     ynn_fusion: str = ""
@@ -57,7 +57,7 @@ class XlaCpuOptions(NamedTuple):
     def compiler_options(self) -> dict[str, str]:
         """``jax.jit`` compiler options that apply these settings to one program; raises a ValueError naming the config
         key for an unknown YNNPACK fusion type."""
-        import jax  # after apply_xla_flags: cnnjax's import must not start JAX
+        import jax  # here, so that ``import cnnjax`` stays light
 
         options = {} if self.cse or jax.default_backend() != "cpu" else {"xla_disable_hlo_passes": "cse"}
         if not self.ynn_fusion:
