@@ -65,13 +65,15 @@ def final_state(workdir: Path):
     return step, restored["state"], meta
 
 
-@pytest.mark.parametrize("experiment", ["lenet", "lenet5_classic", "cifar_cnn", "mnist_cnn"])
+@pytest.mark.parametrize("experiment", ["lenet", "lenet5_classic", "cifar_cnn", "mnist_cnn", "resnet"])
 def test_smoke_run_of_each_experiment_learns(tmp_path, experiment):
     config = small_config(tmp_path, experiment)
     config.train.num_epochs = 4
     config.train.cpu_devices = 0  # this process has started JAX with one device (test_parallel splits the CPU)
     if experiment == "cifar_cnn":
         config.optim.learning_rate = 1e-3
+    if experiment == "resnet":  # its XLA:CPU settings (YNNPACK's elementwise fusion, no CSE) on a ResNet-8
+        config.model.depth = 8
     results = train.train_and_evaluate(config, tmp_path / "run")
     records = metrics.read_records(tmp_path / "run" / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
