@@ -115,6 +115,29 @@ def test_logged_images_per_sec_times_finished_steps(tmp_path, monkeypatch):
     assert 0.6 * (epoch["elapsed_s"] - compiling) <= sum(trained) <= epoch["elapsed_s"] - compiling
 
 
+def test_progress_bar_counts_finished_steps_at_each_logging_interval(tmp_path, monkeypatch):
+    """The bar advances when an interval's steps have finished, not as they are dispatched (which runs ahead)."""
+    updates = []
+
+    class RecordingBar:
+        def __init__(self, total, initial, description, enabled=True):
+            self.total = total
+
+        def update(self, n=1):
+            updates.append(n)
+
+        def set_postfix(self, **values):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(metrics, "progress_bar", RecordingBar)
+    config = small_config(tmp_path, num_epochs=2, log_every=4)  # 96 training images: 6 steps of 16 per epoch
+    train.train_and_evaluate(config, tmp_path / "run")
+    assert updates == [4, 2, 2, 4]  # steps 4 and 6 (the epoch's end), then 8 and 12
+
+
 def test_lenet_reaches_high_accuracy_on_learnable_data(tmp_path):
     results = train.train_and_evaluate(small_config(tmp_path, num_epochs=6), tmp_path / "run")
     assert results["test_accuracy"] >= 0.9
