@@ -394,7 +394,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                     bar.close()
                     _diverged(workdir, step, record, checkpoints, writer)
                 writer.write(record)
-                bar.set_postfix(loss=f"{record['epoch_loss']:.4f}", acc=f"{100 * record['epoch_accuracy']:.2f}%")
+                postfix = {"loss": f"{record['epoch_loss']:.4f}", "acc": f"{100 * record['epoch_accuracy']:.2f}%"}
+                bar.set_postfix(postfix, refresh=False)
                 bar.update(interval_steps)  # finished steps only: its rate and ETA are not the dispatch's
                 interval_start, interval_steps = time.time(), 0
             if c.checkpoint_every and step % c.checkpoint_every == 0 and i < steps_per_epoch - 1:

@@ -126,7 +126,7 @@ def test_progress_bar_counts_finished_steps_at_each_logging_interval(tmp_path, m
         def update(self, n=1):
             updates.append(n)
 
-        def set_postfix(self, **values):
+        def set_postfix(self, values, refresh=True):
             pass
 
         def close(self):
