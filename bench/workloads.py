@@ -50,8 +50,9 @@ def split_cpu_for(names: list[str]) -> None:
 def train_workload(name: str, steps: int, devices: int | None = None, xla: backend.XlaCpuOptions | None = None):
     """(model, image shape, train step, initial state, step arguments per batch) for `steps` batches of BATCH.
 
-    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state), data-parallel over ``devices`` CPU devices (default: as its experiment trains), compiled with the XLA:CPU options
-    ``xla`` (default: its experiment's); call it as ``step(state, *args)`` for each ``args`` in the returned list.
+    The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state), data-parallel over ``devices``
+    CPU devices (default: as its experiment trains), compiled with the XLA:CPU options ``xla`` (default: its
+    experiment's); call it as ``step(state, *args)`` for each ``args`` in the returned list.
     """
     workload = MODELS[name]
     model = workload.make_model()

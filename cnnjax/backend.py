@@ -41,9 +41,9 @@ class XlaCpuOptions(NamedTuple):
     step runs 1.27x faster with it than with cnnjax's default, LeNet's 0.55x: bench/xla_options.py); '' keeps the
     process-wide setting (:data:`CPU_FLAGS`).
     ``cse``: False turns off XLA's common-subexpression elimination. It merges the batch-norm scale's broadcast in the
-    forward pass with the same broadcast in the backward pass; shared, the broadcast stays out of YNNPACK's fusions and
-    is written out at the activations' full size, 19 times per ResNet-20 step. Without it ResNet-20's step ran 1.03-1.09x
-    faster, VGG-16-BN's 0.96x, ResNet-9's 0.89-1.11x (bench/xla_options.py). Applies to CPU compilations only.
+    forward pass with the same broadcast in the backward pass; shared, the broadcast stays out of YNNPACK's fusions
+    and is written out at the activations' full size, 19 times per ResNet-20 step. Without it ResNet-20's step ran
+    1.03-1.09x faster, VGG-16-BN's 0.96x, ResNet-9's 0.89-1.11x (bench/xla_options.py). CPU compilations only.
     """
 
     ynn_fusion: str = ""
