@@ -2,7 +2,8 @@
 
 Every function takes arrays plus keyword-only hyperparameters and returns arrays. Images are NHWC, convolution
 kernels HWIO: ``(kh, kw, in_channels // groups, out_channels)``. Everything is jittable, vmappable and
-differentiable; randomness comes in as an explicit key. This module imports jax only.
+differentiable; randomness comes in as an explicit key. This module imports jax only (and :mod:`cnnjax.onednn`, its
+oneDNN lowering).
 
 Output sizes are computed in one place, :func:`conv_output_size`, with the formula of the source material,
 ``out = floor((n + p_total - d * (k - 1) - 1) / s) + 1``; :func:`conv_output_shape` and :func:`pool_output_shape`
@@ -20,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from cnnjax import onednn
 
 Array = jax.Array
 IntOrPair = Union[int, Sequence[int]]
@@ -187,19 +190,24 @@ def pool_output_shape(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-CONV_LOWERINGS = ("xla", "patches", "banded")
+CONV_LOWERINGS = ("xla", "patches", "banded", "onednn")
 
 
-def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = None) -> str:
-    """The faster lowering for an HWIO kernel on ``backend`` ('cpu', 'gpu', 'tpu'; None: JAX's default backend).
+def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = None, dtype=jnp.float32) -> str:
+    """The fastest lowering for an HWIO kernel and input ``dtype`` on ``backend`` ('cpu', 'gpu', 'tpu'; None: JAX's
+    default backend).
 
-    On the CPU XLA's convolution is weakest over few input channels: 'banded' ran the first convs of LeNet, the
-    Flax MNIST CNN and ResNet-20, and LeNet's 6-channel second conv, 1.2-3.8x faster forward and backward, and
-    ``cifar_cnn``'s 3->64 first conv as fast (bench/conv_lowering.py); from 16 input channels on (0.4-0.7x), or on
-    GPU and TPU, ``lax.conv`` wins.
+    On the CPU 'onednn' for float32 where its handler is built (:mod:`cnnjax.onednn`): it ran every benchmarked layer
+    1.4-3.2x faster forward and backward than the best of the others (bench/conv_lowering.py). Otherwise XLA's
+    convolution is weakest over few input channels: 'banded' ran the first convs of LeNet, the Flax MNIST CNN and
+    ResNet-20, and LeNet's 6-channel second conv, 1.2-3.8x faster, and ``cifar_cnn``'s 3->64 first conv as fast; from
+    16 input channels on (0.4-0.7x), or on GPU and TPU, ``lax.conv`` wins.
     """
-    group_in = kernel_shape[2]
-    return "banded" if (backend or jax.default_backend()) == "cpu" and group_in <= 6 else "xla"
+    if (backend or jax.default_backend()) != "cpu":
+        return "xla"
+    if jnp.dtype(dtype) == jnp.float32 and onednn.available():
+        return "onednn"
+    return "banded" if kernel_shape[2] <= 6 else "xla"
 
 
 def band_block(out_width: int, channels: int) -> int:
@@ -240,7 +248,9 @@ def conv2d(
     (kh, F, B * stride * C, B * O) with F = ((B - 1) * stride + (kw - 1) * dilation) // (B * stride) + 1, whose
     zeros leave each of a block's B outputs its own kw taps; the output (N, H_out, W_out / B, B * O) is the result,
     reshaped. More FLOPs, but a convolution over B times more channels, which XLA:CPU runs far faster when the
-    input has only a few (:func:`band_block` picks B). None picks per kernel shape with :func:`default_conv_lowering`.
+    input has only a few (:func:`band_block` picks B). 'onednn' runs the forward pass and both gradients as oneDNN
+    primitives inside the jitted program (CPU, float32; :mod:`cnnjax.onednn`). None picks per kernel shape, dtype
+    and backend with :func:`default_conv_lowering`. 'onednn' is differentiable in reverse mode only.
 
     Inside ``jax.vmap(..., axis_name=MEMBER_AXIS)`` over a stack of models (cnnjax.sweep's vectorized groups) with
     both x and kernel mapped, each member's convolution runs on its own on the CPU instead of as one grouped
@@ -249,7 +259,7 @@ def conv2d(
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = explicit_padding(x.shape[1:3], kernel.shape[:2], stride, dilation, padding)
-    lowering = lowering or default_conv_lowering(kernel.shape)
+    lowering = lowering or default_conv_lowering(kernel.shape, dtype=x.dtype)
     if lowering not in CONV_LOWERINGS:
         raise ValueError(f"conv2d: lowering must be one of {CONV_LOWERINGS} or None, got {lowering!r}")
     conv = functools.partial(_CONVS[lowering], stride=stride, dilation=dilation, pads=pads, groups=groups)
@@ -326,7 +336,7 @@ def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int) -
     return y.reshape(n, y.shape[1], out_w, out_channels)
 
 
-_CONVS = {"xla": _conv_xla, "patches": _conv_patches, "banded": _conv_banded}
+_CONVS = {"xla": _conv_xla, "patches": _conv_patches, "banded": _conv_banded, "onednn": onednn.conv}
 
 # The axis name under which a ``jax.vmap`` maps a stack of independent models (cnnjax.sweep's vectorized groups).
 MEMBER_AXIS = "members"

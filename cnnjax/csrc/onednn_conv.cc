@@ -1,0 +1,160 @@
+// XLA FFI handler running a 2-D convolution or one of its gradients with oneDNN (the library PyTorch's CPU
+// convolutions use), for cnnjax.functional.conv2d's 'onednn' lowering.
+//
+// One handler, three kinds (attribute `kind`), all float32, activations NHWC and kernels HWIO (grouped: H, W,
+// I/groups, O, with O group-major, as lax.conv_general_dilated's feature_group_count):
+//   0 forward:         (x, w)  -> y
+//   1 input gradient:  (dy, w) -> dx
+//   2 kernel gradient: (x, dy) -> dw
+// Attribute `geometry`: stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_bottom, pad_left, pad_right, groups.
+// Primitives are built once per shape and geometry and cached; each call gets its own scratchpad, so concurrent calls
+// from XLA's threads are safe.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+enum Kind : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// NHWC activations as oneDNN's logical (N, C, H, W).
+memory::desc activation_desc(ffi::Span<const int64_t> nhwc) {
+  return memory::desc({nhwc[0], nhwc[3], nhwc[1], nhwc[2]}, memory::data_type::f32, memory::format_tag::nhwc);
+}
+
+// HWIO kernels as oneDNN's logical (O, I, H, W), or (G, O/G, I/G, H, W) with groups.
+memory::desc kernel_desc(ffi::Span<const int64_t> hwio, int64_t groups, bool any_layout) {
+  const auto layout = any_layout ? memory::format_tag::any
+                                 : (groups == 1 ? memory::format_tag::hwio : memory::format_tag::hwigo);
+  if (groups == 1) return memory::desc({hwio[3], hwio[2], hwio[0], hwio[1]}, memory::data_type::f32, layout);
+  return memory::desc({groups, hwio[3] / groups, hwio[2], hwio[0], hwio[1]}, memory::data_type::f32, layout);
+}
+
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc kernel;          // the layout the primitive wants its kernel (or kernel gradient) in
+  memory::desc user_kernel;     // HWIO
+  memory::desc scratchpad;
+  std::unique_ptr<dnnl::reorder> kernel_reorder;  // HWIO <-> the primitive's layout, when they differ
+};
+
+using Key = std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>>;
+
+Plan make_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
+               ffi::Span<const int64_t> g) {
+  auto& engine = cpu_engine();
+  const memory::dims strides = {g[0], g[1]}, dilations = {g[2] - 1, g[3] - 1};
+  const memory::dims pad_l = {g[4], g[6]}, pad_r = {g[5], g[7]};
+  const int64_t groups = g[8];
+  const auto src = activation_desc(x), dst = activation_desc(y), kernel_any = kernel_desc(w, groups, true);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const dnnl::convolution_forward::primitive_desc forward(
+      engine, kind == kForward ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
+      dnnl::algorithm::convolution_direct, src, kernel_any, dst, strides, dilations, pad_l, pad_r, attr);
+  Plan plan;
+  plan.user_kernel = kernel_desc(w, groups, false);
+  if (kind == kForward) {
+    plan.conv = dnnl::convolution_forward(forward);
+    plan.kernel = forward.weights_desc();
+    plan.scratchpad = forward.scratchpad_desc();
+  } else if (kind == kInputGradient) {
+    const dnnl::convolution_backward_data::primitive_desc pd(engine, dnnl::algorithm::convolution_direct, src,
+                                                            kernel_any, dst, strides, dilations, pad_l, pad_r,
+                                                            forward, attr);
+    plan.conv = dnnl::convolution_backward_data(pd);
+    plan.kernel = pd.weights_desc();
+    plan.scratchpad = pd.scratchpad_desc();
+  } else {
+    const dnnl::convolution_backward_weights::primitive_desc pd(engine, dnnl::algorithm::convolution_direct, src,
+                                                               kernel_any, dst, strides, dilations, pad_l, pad_r,
+                                                               forward, attr);
+    plan.conv = dnnl::convolution_backward_weights(pd);
+    plan.kernel = pd.diff_weights_desc();
+    plan.scratchpad = pd.scratchpad_desc();
+  }
+  if (plan.kernel != plan.user_kernel) {
+    const bool to_user = kind == kKernelGradient;
+    plan.kernel_reorder = std::make_unique<dnnl::reorder>(dnnl::reorder::primitive_desc(
+        engine, to_user ? plan.kernel : plan.user_kernel, engine, to_user ? plan.user_kernel : plan.kernel));
+  }
+  return plan;
+}
+
+const Plan& cached_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                        ffi::Span<const int64_t> y, ffi::Span<const int64_t> geometry) {
+  static std::mutex mutex;
+  static std::map<Key, std::unique_ptr<Plan>> plans;
+  Key key{kind, {x.begin(), x.end()}, {w.begin(), w.end()}, {y.begin(), y.end()}, {geometry.begin(), geometry.end()}};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& plan = plans[key];
+  if (!plan) plan = std::make_unique<Plan>(make_plan(kind, x, w, y, geometry));
+  return *plan;
+}
+
+ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind_attr,
+                    ffi::Span<const int64_t> geometry) {
+  if (kind_attr < kForward || kind_attr > kKernelGradient || geometry.size() != 9)
+    return ffi::Error::InvalidArgument("cnnjax_onednn_conv: kind must be 0-2 and geometry hold 9 values");
+  const auto kind = static_cast<Kind>(kind_attr);
+  // (x, w, y) and their data pointers, whichever two are the inputs
+  void* x = kind == kInputGradient ? out->untyped_data() : a.untyped_data();
+  void* w = kind == kKernelGradient ? out->untyped_data() : b.untyped_data();
+  void* y = kind == kForward ? out->untyped_data() : (kind == kInputGradient ? a.untyped_data() : b.untyped_data());
+  const auto x_shape = kind == kInputGradient ? out->dimensions() : a.dimensions();
+  const auto w_shape = kind == kKernelGradient ? out->dimensions() : b.dimensions();
+  const auto y_shape = kind == kForward ? out->dimensions() : (kind == kInputGradient ? a.dimensions() : b.dimensions());
+  try {
+    const Plan& plan = cached_plan(kind, x_shape, w_shape, y_shape, geometry);
+    auto& engine = cpu_engine();
+    dnnl::stream stream(engine);
+    std::vector<uint8_t> scratch(plan.scratchpad.get_size()), kernel_scratch;
+    memory user_kernel(plan.user_kernel, engine, w), kernel = user_kernel;
+    if (plan.kernel_reorder) {
+      kernel_scratch.resize(plan.kernel.get_size());
+      kernel = memory(plan.kernel, engine, kernel_scratch.data());
+      if (kind != kKernelGradient) plan.kernel_reorder->execute(stream, user_kernel, kernel);
+    }
+    memory src(activation_desc(x_shape), engine, x), dst(activation_desc(y_shape), engine, y);
+    memory scratchpad(plan.scratchpad, engine, scratch.data());
+    if (kind == kForward) {
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst},
+                                 {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else if (kind == kInputGradient) {
+      plan.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DIFF_DST, dst},
+                                 {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else {
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, kernel}, {DNNL_ARG_DIFF_DST, dst},
+                                 {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (plan.kernel_reorder) plan.kernel_reorder->execute(stream, kernel, user_kernel);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("cnnjax_onednn_conv: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnjaxOnednnConv, convolve,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<ffi::Span<const int64_t>>("geometry"));
