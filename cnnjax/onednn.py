@@ -5,20 +5,23 @@ PyTorch's CPU convolutions use, ran the layers of LeNet, the MNIST CNN, ``cifar_
 forward and backward (bench/conv_lowering.py). cnnjax calls it through an XLA FFI custom call compiled from
 ``cnnjax/csrc/onednn_conv.cc`` when the package is installed (``setup.py``, against the ``onednn-cpu-gomp`` wheel), so
 it runs inside the jitted program like any other XLA operation: forward, input gradient and kernel gradient, each a
-oneDNN primitive built once per shape. float32 only; reverse-mode differentiation (``jax.custom_vjp``).
+oneDNN primitive built once per shape, and a JAX primitive differentiable like ``lax.conv``. float32 only.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.metadata
 import importlib.machinery
+import importlib.metadata
+import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 TARGET = "cnnjax_onednn_conv"
 FORWARD, INPUT_GRADIENT, KERNEL_GRADIENT = 0, 1, 2  # the handler's `kind`
@@ -57,10 +60,10 @@ def available() -> bool:
     return unavailable_reason() is None
 
 
-def _call(kind: int, a: jax.Array, b: jax.Array, out_shape, geometry: tuple[int, ...]) -> jax.Array:
-    result = jax.ShapeDtypeStruct(out_shape, jnp.float32)
-    call = jax.ffi.ffi_call(TARGET, result, vmap_method="sequential")
-    return call(a, b, kind=np.int64(kind), geometry=np.asarray(geometry, np.int64))
+def threads_per_device() -> int:
+    """The cores each CPU device's convolutions run on: all of them, shared out when XLA splits the CPU into several
+    devices that run at once (``parallel.split_cpu``; two devices with two threads each ran the MNIST CNN 0.58x)."""
+    return max(1, len(os.sched_getaffinity(0)) // jax.local_device_count("cpu"))
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride, dilation, pads, groups: int) -> jax.Array:
@@ -77,7 +80,7 @@ def conv(x: jax.Array, kernel: jax.Array, stride, dilation, pads, groups: int) -
         raise ValueError(f"conv2d: lowering='onednn' is not available: {reason}; or use lowering='xla'")
     (top, bottom), (left, right) = pads
     geometry = (*stride, *dilation, top, bottom, left, right, groups)
-    return _onednn_conv(x, kernel, geometry)
+    return _bind(FORWARD, x, kernel, geometry, _output_shape(x.shape, kernel.shape, geometry))
 
 
 def _output_shape(x_shape, kernel_shape, geometry) -> tuple[int, ...]:
@@ -95,18 +98,72 @@ def _output_shape(x_shape, kernel_shape, geometry) -> tuple[int, ...]:
     return jax.eval_shape(like, as_f32(x_shape), as_f32(kernel_shape)).shape
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _onednn_conv(x: jax.Array, kernel: jax.Array, geometry: tuple[int, ...]) -> jax.Array:
-    return _call(FORWARD, x, kernel, _output_shape(x.shape, kernel.shape, geometry), geometry)
+# One primitive for the three operations (its `kind`), each bilinear in its two operands and the others' transposes:
+# forward (x, w) -> y, input gradient (dy, w) -> dx, kernel gradient (x, dy) -> dw. So JAX differentiates it in both
+# modes, to any order, as it does lax.conv_general_dilated.
+onednn_conv_p = Primitive("onednn_conv")
 
 
-def _forward(x, kernel, geometry):
-    return _onednn_conv(x, kernel, geometry), (x, kernel)
+def _bind(kind: int, a: jax.Array, b: jax.Array, geometry: tuple[int, ...], shape) -> jax.Array:
+    return onednn_conv_p.bind(a, b, kind=kind, geometry=geometry, shape=tuple(shape), threads=threads_per_device())
 
 
-def _backward(geometry, saved, dy):
-    x, kernel = saved
-    return _call(INPUT_GRADIENT, dy, kernel, x.shape, geometry), _call(KERNEL_GRADIENT, x, dy, kernel.shape, geometry)
+def _abstract_eval(a, b, *, kind, geometry, shape, threads):
+    return jax.core.ShapedArray(shape, jnp.float32)
 
 
-_onednn_conv.defvjp(_forward, _backward)
+@functools.cache
+def _jitted(**params):
+    return jax.jit(functools.partial(onednn_conv_p.bind, **params))
+
+
+def _eager(a, b, **params):
+    """Outside jit, as a one-operation program (what JAX does for its own primitives)."""
+    return _jitted(**params)(a, b)
+
+
+def _lowering(ctx, a, b, *, kind, geometry, shape, threads):
+    attributes = dict(kind=np.int64(kind), geometry=np.asarray(geometry, np.int64), threads=np.int64(threads))
+    return jax.ffi.ffi_lowering(TARGET)(ctx, a, b, **attributes)
+
+
+# (kind, operand) -> how the cotangent of the output gives the operand's: (kind, operands from (ct, a, b))
+_TRANSPOSES = {
+    (FORWARD, 0): (INPUT_GRADIENT, lambda ct, x, w: (ct, w)),
+    (FORWARD, 1): (KERNEL_GRADIENT, lambda ct, x, w: (x, ct)),
+    (INPUT_GRADIENT, 0): (FORWARD, lambda ct, dy, w: (ct, w)),
+    (INPUT_GRADIENT, 1): (KERNEL_GRADIENT, lambda ct, dy, w: (ct, dy)),
+    (KERNEL_GRADIENT, 0): (INPUT_GRADIENT, lambda ct, x, dy: (dy, ct)),
+    (KERNEL_GRADIENT, 1): (FORWARD, lambda ct, x, dy: (x, ct)),
+}
+
+
+def _transpose_rule(operand: int):
+    def rule(ct, a, b, *, kind, geometry, shape, threads):
+        transposed_kind, operands = _TRANSPOSES[kind, operand]
+        return _bind(transposed_kind, *operands(ct, a, b), geometry, (a, b)[operand].aval.shape)  # the undefined one's
+
+    return rule
+
+
+def _batching_rule(args, dims, *, kind, geometry, shape, threads):
+    """A mapped activation alone (the forward pass's or input gradient's first operand) joins the batch; anything
+    else runs once per mapped element."""
+    a, b = args
+    size = next(arg.shape[dim] for arg, dim in zip(args, dims) if dim is not None)
+    if kind != KERNEL_GRADIENT and dims[1] is None:
+        a = jnp.moveaxis(a, dims[0], 0)
+        out = _bind(kind, a.reshape(-1, *a.shape[2:]), b, geometry, (size * shape[0], *shape[1:]))
+        return out.reshape(size, *shape), 0
+    mapped = [arg if dim is None else jnp.moveaxis(arg, dim, 0) for arg, dim in zip(args, dims)]
+    one = lambda k: _bind(  # noqa: E731
+        kind, *(arg if dim is None else arg[k] for arg, dim in zip(mapped, dims)), geometry, shape
+    )
+    return jax.lax.map(one, jnp.arange(size)), 0
+
+
+onednn_conv_p.def_impl(_eager)
+onednn_conv_p.def_abstract_eval(_abstract_eval)
+mlir.register_lowering(onednn_conv_p, _lowering, platform="cpu")
+ad.defbilinear(onednn_conv_p, _transpose_rule(0), _transpose_rule(1))
+batching.primitive_batchers[onednn_conv_p] = _batching_rule

@@ -7,6 +7,7 @@ import pytest
 from jax.test_util import check_grads
 
 from cnnjax import functional as F
+from cnnjax import onednn
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Shape helpers
@@ -307,13 +308,44 @@ def test_bad_hyperparameters_are_clear_errors(kwargs, message):
         F.conv2d(jnp.zeros((1, 8, 8, 3)), jnp.zeros((3, 3, 3, 4)), **kwargs)
 
 
-def test_default_lowering_is_banded_over_few_input_channels_on_cpu_only():
+def test_default_lowering_is_onednn_for_float32_on_cpu_else_banded_over_few_input_channels(monkeypatch):
     lowering = F.default_conv_lowering
+    assert onednn.available(), onednn.unavailable_reason()  # built by the project's setup (setup.py)
+    assert lowering((5, 5, 1, 6), "cpu") == "onednn" and lowering((3, 3, 32, 64), "cpu", jnp.float32) == "onednn"
+    assert (
+        lowering((5, 5, 1, 6), "cpu", jnp.float64) == "banded"
+        and lowering((3, 3, 16, 16), "cpu", jnp.bfloat16) == "xla"
+    )
+    assert lowering((5, 5, 1, 6), "gpu") == "xla" and lowering((5, 5, 1, 6), "tpu") == "xla"
+    assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
+    monkeypatch.setattr(onednn, "available", lambda: False)  # where the handler could not be built
     assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((5, 5, 6, 16), "cpu") == "banded"
     assert lowering((3, 3, 1, 32), "cpu") == "banded" and lowering((3, 3, 3, 16), "cpu") == "banded"
     assert lowering((3, 3, 16, 16), "cpu") == "xla" and lowering((3, 3, 32, 64), "cpu") == "xla"
-    assert lowering((5, 5, 1, 6), "gpu") == "xla" and lowering((5, 5, 1, 6), "tpu") == "xla"
-    assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
+
+
+def test_onednn_lowering_refuses_other_dtypes_and_says_why_it_is_unavailable(monkeypatch):
+    x, kernel = jnp.zeros((1, 8, 8, 3), jnp.bfloat16), jnp.zeros((3, 3, 3, 4), jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"lowering='onednn' runs float32 only, got bfloat16 input .* lowering='xla'"):
+        F.conv2d(x, kernel, lowering="onednn")
+    monkeypatch.setattr(onednn, "unavailable_reason", lambda: "the compiled handler is not in cnnjax/")
+    with pytest.raises(ValueError, match=r"'onednn' is not available: the compiled handler is not in cnnjax/"):
+        F.conv2d(x.astype(jnp.float32), kernel.astype(jnp.float32), lowering="onednn")
+
+
+def test_onednn_conv_differentiates_in_both_modes_to_second_order_and_vmaps_like_lax_conv(rng):
+    x, kernel = (
+        jnp.asarray(rng.standard_normal((3, 7, 8, 4)), jnp.float32),
+        jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32),
+    )
+    conv = lambda lowering: lambda x, k: F.conv2d(x, k, stride=2, padding=1, lowering=lowering)  # noqa: E731
+    for transform in [
+        lambda f: jax.jvp(lambda k: f(x, k), (kernel,), (jnp.ones_like(kernel),))[1],  # forward mode
+        lambda f: jax.grad(lambda k: jnp.sum(jax.grad(lambda x: jnp.sum(f(x, k) ** 3))(x) ** 2))(kernel),  # 2nd order
+        lambda f: jax.vmap(jax.grad(lambda xi: jnp.sum(f(xi[None], kernel) ** 2)))(x),  # per-example gradients
+        lambda f: jax.vmap(lambda k: f(x, k), in_axes=3, out_axes=3)(kernel[..., None]),  # mapped kernels
+    ]:
+        np.testing.assert_allclose(transform(conv("onednn")), transform(conv("xla")), rtol=1e-4, atol=1e-3)
 
 
 def _conv_loss_and_grads(x, kernel, dy, lowering):
@@ -348,6 +380,22 @@ def test_conv_mapped_over_members_runs_one_convolution_per_member_with_the_same_
     )
     assert len(per_member) == members * len(solo) and not any("group_count" in line for line in per_member)
     assert "feature_group_count = 3" in jax.jit(jax.vmap(step)).lower(x, kernels).as_text()
+
+
+def test_onednn_conv_mapped_over_members_runs_one_call_per_member_with_the_same_values_and_gradients(rng):
+    members, dy = 3, jnp.asarray(rng.standard_normal((2, 5, 6, 4)), jnp.float32)
+    x, kernels = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in [(3, 2, 9, 12, 2), (3, 3, 3, 2, 4)])
+    step = lambda x, kernel: _conv_loss_and_grads(x, kernel, dy, "onednn")  # noqa: E731
+    loss, (dx, dkernel) = jax.vmap(step, axis_name=F.MEMBER_AXIS)(x, kernels)
+    for k in range(members):
+        solo_loss, (solo_dx, solo_dkernel) = step(x[k], kernels[k])
+        np.testing.assert_allclose(loss[k], solo_loss, rtol=1e-5)
+        np.testing.assert_allclose(dkernel[k], solo_dkernel, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dx[k], solo_dx, rtol=1e-5, atol=1e-5)
+    calls = lambda f, *args: (
+        jax.jit(f).lower(*args).compile().as_text().count('custom_call_target="cnnjax_onednn_conv"')
+    )  # noqa: E731
+    assert calls(jax.vmap(step, axis_name=F.MEMBER_AXIS), x, kernels) == members * calls(step, x[0], kernels[0]) == 9
 
 
 def test_conv_outside_a_member_mapping_keeps_forward_mode_differentiation(rng):

@@ -6,15 +6,18 @@
 //   0 forward:         (x, w)  -> y
 //   1 input gradient:  (dy, w) -> dx
 //   2 kernel gradient: (x, dy) -> dw
-// Attribute `geometry`: stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_bottom, pad_left, pad_right, groups.
-// Primitives are built once per shape and geometry and cached; each call gets its own scratchpad, so concurrent calls
-// from XLA's threads are safe.
+// Attribute `geometry`: stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_bottom, pad_left, pad_right, groups;
+// `threads`: the OpenMP threads a call runs on (fewer than the cores when XLA runs several CPU devices at once).
+// Primitives are built once per shape, geometry and thread count and cached; each call gets its own scratchpad, so
+// concurrent calls from XLA's threads are safe.
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
 #include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -52,7 +55,8 @@ struct Plan {
   std::unique_ptr<dnnl::reorder> kernel_reorder;  // HWIO <-> the primitive's layout, when they differ
 };
 
-using Key = std::tuple<int64_t, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>>;
+using Key = std::tuple<int64_t, int64_t, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
+                       std::vector<int64_t>>;
 
 Plan make_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
                ffi::Span<const int64_t> g) {
@@ -95,11 +99,13 @@ Plan make_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w
   return plan;
 }
 
-const Plan& cached_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+// Called with the thread count set (oneDNN sizes its work split by it).
+const Plan& cached_plan(Kind kind, int64_t threads, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                         ffi::Span<const int64_t> y, ffi::Span<const int64_t> geometry) {
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<Plan>> plans;
-  Key key{kind, {x.begin(), x.end()}, {w.begin(), w.end()}, {y.begin(), y.end()}, {geometry.begin(), geometry.end()}};
+  Key key{kind, threads, {x.begin(), x.end()}, {w.begin(), w.end()}, {y.begin(), y.end()},
+          {geometry.begin(), geometry.end()}};
   std::lock_guard<std::mutex> lock(mutex);
   auto& plan = plans[key];
   if (!plan) plan = std::make_unique<Plan>(make_plan(kind, x, w, y, geometry));
@@ -107,9 +113,12 @@ const Plan& cached_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const i
 }
 
 ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, int64_t kind_attr,
-                    ffi::Span<const int64_t> geometry) {
-  if (kind_attr < kForward || kind_attr > kKernelGradient || geometry.size() != 9)
-    return ffi::Error::InvalidArgument("cnnjax_onednn_conv: kind must be 0-2 and geometry hold 9 values");
+                    ffi::Span<const int64_t> geometry, int64_t threads) {
+  if (kind_attr < kForward || kind_attr > kKernelGradient || geometry.size() != 9 || threads < 1)
+    return ffi::Error::InvalidArgument("cnnjax_onednn_conv: kind must be 0-2, geometry hold 9 values, threads >= 1");
+  if (a.element_type() != ffi::DataType::F32 || b.element_type() != ffi::DataType::F32 ||
+      out->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("cnnjax_onednn_conv: float32 operands only");
   const auto kind = static_cast<Kind>(kind_attr);
   // (x, w, y) and their data pointers, whichever two are the inputs
   void* x = kind == kInputGradient ? out->untyped_data() : a.untyped_data();
@@ -118,8 +127,9 @@ ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuff
   const auto x_shape = kind == kInputGradient ? out->dimensions() : a.dimensions();
   const auto w_shape = kind == kKernelGradient ? out->dimensions() : b.dimensions();
   const auto y_shape = kind == kForward ? out->dimensions() : (kind == kInputGradient ? a.dimensions() : b.dimensions());
+  omp_set_num_threads(static_cast<int>(threads));  // this calling thread's parallel regions
   try {
-    const Plan& plan = cached_plan(kind, x_shape, w_shape, y_shape, geometry);
+    const Plan& plan = cached_plan(kind, threads, x_shape, w_shape, y_shape, geometry);
     auto& engine = cpu_engine();
     dnnl::stream stream(engine);
     std::vector<uint8_t> scratch(plan.scratchpad.get_size()), kernel_scratch;
@@ -157,4 +167,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnjaxOnednnConv, convolve,
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("kind")
-                                  .Attr<ffi::Span<const int64_t>>("geometry"));
+                                  .Attr<ffi::Span<const int64_t>>("geometry")
+                                  .Attr<int64_t>("threads"));
