@@ -28,7 +28,7 @@ def onednn_extension() -> list[Extension]:
             include_dirs=[jax.ffi.include_dir(), wheel_data_dir("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")],
             library_dirs=[wheel_data_dir("onednn-cpu-gomp", "libdnnl.so.3")],
             libraries=[":libdnnl.so.3"],  # loaded at run time from the onednn-cpu-gomp wheel (cnnjax/onednn.py)
-            extra_compile_args=["-std=c++17", "-O2", "-fopenmp", "-Wno-return-type"],
+            extra_compile_args=["-std=c++20", "-O2", "-fopenmp", "-Wno-return-type"],
             extra_link_args=["-fopenmp"],
             language="c++",
             optional=True,

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -131,16 +132,18 @@ ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuff
   try {
     const Plan& plan = cached_plan(kind, threads, x_shape, w_shape, y_shape, geometry);
     auto& engine = cpu_engine();
-    dnnl::stream stream(engine);
-    std::vector<uint8_t> scratch(plan.scratchpad.get_size()), kernel_scratch;
+    thread_local dnnl::stream stream(engine);
+    // uninitialized: a zero-filled std::vector would write the whole scratchpad first
+    const auto scratch = std::make_unique_for_overwrite<uint8_t[]>(plan.scratchpad.get_size());
+    std::unique_ptr<uint8_t[]> kernel_scratch;
     memory user_kernel(plan.user_kernel, engine, w), kernel = user_kernel;
     if (plan.kernel_reorder) {
-      kernel_scratch.resize(plan.kernel.get_size());
-      kernel = memory(plan.kernel, engine, kernel_scratch.data());
+      kernel_scratch = std::make_unique_for_overwrite<uint8_t[]>(plan.kernel.get_size());
+      kernel = memory(plan.kernel, engine, kernel_scratch.get());
       if (kind != kKernelGradient) plan.kernel_reorder->execute(stream, user_kernel, kernel);
     }
     memory src(activation_desc(x_shape), engine, x), dst(activation_desc(y_shape), engine, y);
-    memory scratchpad(plan.scratchpad, engine, scratch.data());
+    memory scratchpad(plan.scratchpad, engine, scratch.get());
     if (kind == kForward) {
       plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst},
                                  {DNNL_ARG_SCRATCHPAD, scratchpad}});
