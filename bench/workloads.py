@@ -30,7 +30,9 @@ class Workload(NamedTuple):
 
 MODELS = {
     "lenet": Workload(lambda: models.get("lenet"), (28, 28, 1)),
-    "mnist_cnn": Workload(lambda: models.get(**MNIST_CNN.model), (28, 28, 1), cpu_devices=MNIST_CNN.train.cpu_devices),
+    "mnist_cnn": Workload(
+        lambda: models.get(**MNIST_CNN.model), (28, 28, 1), cpu_devices=max(1, MNIST_CNN.train.cpu_devices)
+    ),
     "cifar_cnn": Workload(lambda: models.get("cifar_cnn"), (32, 32, 3)),
     "resnet20": Workload(
         lambda: models.get("resnet", depth=20), (32, 32, 3), backend.XlaCpuOptions.of(resnet.get_config().train)

@@ -5,8 +5,9 @@ with Nesterov momentum, weight decay and a cosine schedule with warmup.
     python launch.py --experiment=resnet --config.model.depth=56            # ResNet-56 (0.85M parameters)
     python launch.py --experiment=resnet --config.data.name=cifar10         # CIFAR-10 (TFDS downloads it online)
 
-Measured on the 2-core CPU: about 410 images/s, 2.2 minutes per Fashion-MNIST epoch (one-epoch run; 340 before the
-CSE setting below, 280 before batch norm was folded into one ``x * a + b``); at 340 images/s,
+Measured on the 2-core CPU before oneDNN's convolutions (cnnjax.onednn, 1.39x faster steps, bench/vs_pytorch.py):
+about 410 images/s, 2.2 minutes per Fashion-MNIST epoch (one-epoch run; 340 before the CSE setting, 280 before
+batch norm was folded into one ``x * a + b``); at 340 images/s,
 ``--config.train.num_epochs=10 --config.data.random_flip=False`` reached 93.4% test accuracy (93.6% validation) in
 27.6 minutes. Before that fold, with
 ``--config.train.num_epochs=9`` it reached 92.8% test accuracy (92.9% validation) in 30.4 minutes, and with 11
@@ -21,10 +22,10 @@ def get_config():
     config = base_config()
     config.model = model_config("resnet", depth=20)
     modern_recipe(config, learning_rate=0.1, num_epochs=30)
-    # YNNPACK for its batch norms, ReLUs and residual adds too: 1.27x the step speed of the default on the 2-core
-    # CPU (bench/xla_options.py); the same setting slows LeNet down, so it is per experiment
-    config.train.xla_cpu_ynn_fusion = "dot,eltwise,reduce"
-    # and without XLA's CSE, which keeps each batch norm's scale broadcast out of those fusions: 1.03-1.09x
+    # YNNPACK for its batch norms' reductions too, and no CSE: with oneDNN's convolutions 1.06x XLA's default and
+    # 1.16x the YNNPACK elementwise fusion that was best before them (bench/xla_options.py); LeNet runs faster with
+    # cnnjax's default, so it is per experiment
+    config.train.xla_cpu_ynn_fusion = "individual_dot,reduce"
     config.train.xla_cpu_cse = False
     config.lock()
     return config
