@@ -5,9 +5,9 @@
 The layers of the benchmarked models at batch 128 (modern LeNet, the Flax MNIST CNN, cifar_cnn, ResNet-20's 3x3
 convs). Rounds are interleaved (A, B, C, A, ...) and medians printed with the ratio xla / best of the others (> 1:
 that one wins).
-Then the kernel gradient alone of the ResNet-20 layers (what a custom VJP could swap in: XLA's, which transposes
-both operands for an Eigen convolution, against patches^T @ dy and the banded kernel's gradient), and max pooling's
-two implementations.
+Then the kernel gradient alone of the ResNet-20 layers (XLA's, which transposes both operands for an Eigen
+convolution, against patches^T @ dy, the banded kernel's gradient and oneDNN's), and max pooling's two
+implementations.
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = Non
     default backend).
 
     On the CPU 'onednn' for float32 where its handler is built (:mod:`cnnjax.onednn`): it ran every benchmarked layer
-    1.4-3.2x faster forward and backward than the best of the others (bench/conv_lowering.py). Otherwise XLA's
+    1.1-2.5x faster forward and backward than the best of the others (bench/conv_lowering.py). Otherwise XLA's
     convolution is weakest over few input channels: 'banded' ran the first convs of LeNet, the Flax MNIST CNN and
     ResNet-20, and LeNet's 6-channel second conv, 1.2-3.8x faster, and ``cifar_cnn``'s 3->64 first conv as fast; from
     16 input channels on (0.4-0.7x), or on GPU and TPU, ``lax.conv`` wins.
