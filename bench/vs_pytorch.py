@@ -5,16 +5,18 @@
 
 For each model the same architecture, batch (128), optimizer (Adam 1e-3) and data shape are trained in rounds that
 alternate cnnjax (its real jitted train step: device-resident data, donated state, on as many CPU devices as the
-model's experiment splits the CPU into: two for the MNIST CNN, bench/cpu_devices.py) and PyTorch eager; the medians of
-images/s, the ratio cnnjax / PyTorch, cnnjax's GFLOP/s (3x the forward FLOPs of cnnjax.summary per image) and its
-fraction of the float32 matmul peak measured in the same run are printed. Each model runs in a process of its own:
-splitting the CPU for the MNIST CNN enlarges XLA's thread pools for the whole process (``parallel.split_cpu``), which
-cost LeNet ~5% when they shared one (1.14x instead of 1.20x PyTorch).
+model's experiment splits the CPU into, bench/cpu_devices.py), the same step without oneDNN's convolutions
+(``CNNJAX_ONEDNN=0``: XLA's and the banded ones, cnnjax.onednn) and PyTorch eager; the medians of images/s, the
+ratios cnnjax / PyTorch and cnnjax / cnnjax without oneDNN, cnnjax's GFLOP/s (3x the forward FLOPs of
+cnnjax.summary per image) and its fraction of the float32 matmul peak measured in the same run are printed. Each
+model runs in a process of its own: splitting the CPU for a model enlarges XLA's thread pools for the whole process
+(``parallel.split_cpu``), which cost LeNet ~5% when they shared one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +28,7 @@ import workloads
 from torch import nn as tnn
 from workloads import BATCH
 
-from cnnjax import summary
+from cnnjax import onednn, summary
 
 
 def torch_lenet():
@@ -125,6 +127,18 @@ def cnnjax_runner(name: str, steps: int):
     return workloads.runner(step, state, batches), flops, compile_s
 
 
+def cnnjax_without_onednn_runner(name: str, steps: int):
+    """The same step with conv2d's default lowering leaving oneDNN out; traced (by a first run) under the opt-out."""
+    os.environ[onednn.OPT_OUT] = "0"
+    try:
+        _, _, step, state, batches = workloads.train_workload(name, steps)
+        run = workloads.runner(step, state, batches)
+        run()
+    finally:
+        del os.environ[onednn.OPT_OUT]
+    return run
+
+
 def torch_runner(name: str, steps: int):
     h, w, c = workloads.MODELS[name].image_shape
     model = TORCH_MODELS[name]()
@@ -163,12 +177,19 @@ def main() -> None:
           f"steps per round, medians of {args.rounds} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
     (name,) = names
     ours, flops, compile_s = cnnjax_runner(name, args.steps)
-    seconds = workloads.interleaved_medians({"cnnjax": ours, "torch": torch_runner(name, args.steps)}, args.rounds)
-    cnnjax_rate, torch_rate = (args.steps * BATCH / seconds[label] for label in ("cnnjax", "torch"))
+    runs = {
+        "cnnjax": ours,
+        "without": cnnjax_without_onednn_runner(name, args.steps),
+        "torch": torch_runner(name, args.steps),
+    }
+    seconds = workloads.interleaved_medians(runs, args.rounds)
+    cnnjax_rate, without_rate, torch_rate = (args.steps * BATCH / seconds[label] for label in runs)
     gflops = cnnjax_rate * flops / 1e9
     print(f"{name:>10}: cnnjax {cnnjax_rate:8,.0f} img/s  torch eager {torch_rate:8,.0f} img/s  "
-          f"ratio {cnnjax_rate / torch_rate:.2f}x  cnnjax {gflops:5.1f} GFLOP/s = {100 * gflops / peak:4.1f}% of peak  "
-          f"(train step compile {compile_s:.1f} s; {workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
+          f"ratio {cnnjax_rate / torch_rate:.2f}x  (without oneDNN {without_rate:8,.0f} img/s: {without_rate / torch_rate:.2f}x "
+          f"torch, oneDNN's gain {cnnjax_rate / without_rate:.2f}x)  cnnjax {gflops:5.1f} GFLOP/s = "
+          f"{100 * gflops / peak:4.1f}% of peak  (train step compile {compile_s:.1f} s; "
+          f"{workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+OPT_OUT = "CNNJAX_ONEDNN"  # =0: conv2d's default lowering leaves oneDNN out (for comparisons)
 TARGET = "cnnjax_onednn_conv"
 FORWARD, INPUT_GRADIENT, KERNEL_GRADIENT = 0, 1, 2  # the handler's `kind`
 _LIBRARY_STEM = "_onednn_conv"
@@ -57,8 +58,8 @@ def unavailable_reason() -> str | None:
 
 
 def available() -> bool:
-    """Whether the 'onednn' lowering can run here."""
-    return unavailable_reason() is None
+    """Whether conv2d's default lowering may pick oneDNN: it can run here and ``CNNJAX_ONEDNN=0`` is not set."""
+    return os.environ.get(OPT_OUT) != "0" and unavailable_reason() is None
 
 
 def threads_per_device() -> int:

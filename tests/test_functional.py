@@ -318,10 +318,12 @@ def test_default_lowering_is_onednn_for_float32_on_cpu_else_banded_over_few_inpu
     )
     assert lowering((5, 5, 1, 6), "gpu") == "xla" and lowering((5, 5, 1, 6), "tpu") == "xla"
     assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
-    monkeypatch.setattr(onednn, "available", lambda: False)  # where the handler could not be built
+    monkeypatch.setenv("CNNJAX_ONEDNN", "0")  # the opt-out: the rules that apply where the handler is not built
     assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((5, 5, 6, 16), "cpu") == "banded"
     assert lowering((3, 3, 1, 32), "cpu") == "banded" and lowering((3, 3, 3, 16), "cpu") == "banded"
     assert lowering((3, 3, 16, 16), "cpu") == "xla" and lowering((3, 3, 32, 64), "cpu") == "xla"
+    x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1))
+    np.testing.assert_allclose(F.conv2d(x, kernel, lowering="onednn"), F.conv2d(x, kernel))  # asked for, it runs
 
 
 def test_onednn_lowering_refuses_other_dtypes_and_says_why_it_is_unavailable(monkeypatch):
