@@ -382,10 +382,14 @@ def _unrolled_when_both_mapped(f):
     return f_mapped
 
 
+def _views(x: Array, *, axis: int, taps: int, step: int, stride: int, size: int) -> list[Array]:
+    """The ``taps`` views of x along ``axis`` starting ``step`` apart, each ``size`` long with ``stride``."""
+    return [lax.slice_in_dim(x, t * step, t * step + (size - 1) * stride + 1, stride, axis) for t in range(taps)]
+
+
 def _concat_views(x: Array, *, axis: int, taps: int, step: int, stride: int, size: int) -> Array:
-    """The ``taps`` views of x along ``axis`` starting ``step`` apart, each ``size`` long with ``stride``, concatenated
-    on the channel axis: (..., C) -> (..., taps * C) with the tap index major."""
-    views = [lax.slice_in_dim(x, t * step, t * step + (size - 1) * stride + 1, stride, axis) for t in range(taps)]
+    """:func:`_views` concatenated on the channel axis: (..., C) -> (..., taps * C) with the tap index major."""
+    views = _views(x, axis=axis, taps=taps, step=step, stride=stride, size=size)
     return views[0] if taps == 1 else jnp.concatenate(views, axis=-1)
 
 
@@ -417,13 +421,22 @@ def max_pool(x: Array, window: IntOrPair, *, stride: IntOrPair | None = None, pa
     """Max pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window; padding never wins.
 
     Non-overlapping windows reduce a reshaped view (its gradient is a mask, several times faster on the CPU than
-    ``reduce_window``'s); other geometries use ``lax.reduce_window``.
+    ``reduce_window``'s); other geometries (overlapping or padded windows) take the elementwise maxima of the
+    window's strided views, along the width, then the height: forward and backward 1.9-5.1x faster than
+    ``reduce_window`` on the CPU (AlexNet's and ``cifar_cnn``'s 3x3 stride-2 pools). The gradient of a window's tied
+    maxima is shared between them (``lax.max``'s rule) instead of going to one of them.
     """
     window, stride, pads = _pool_geometry(x, window, stride, padding, "max_pool")
     tiles = _tiles(x, window, stride, pads)
     if tiles is not None:
         return jnp.max(tiles, axis=(2, 4))
-    return _window_reduce(x, -math.inf, lax.max, window, stride, pads)
+    lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.iinfo(x.dtype).min
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=lowest)
+    for axis in (2, 1):  # the width, then the height
+        taps, step = window[axis - 1], stride[axis - 1]
+        views = _views(x, axis=axis, taps=taps, step=1, stride=step, size=(x.shape[axis] - taps) // step + 1)
+        x = functools.reduce(jnp.maximum, views)
+    return x
 
 
 def avg_pool(

@@ -119,7 +119,8 @@ POOL_CASES = [(2, 4, 4, 1, 2, 2), (2, 7, 6, 3, 3, 2), (1, 8, 9, 2, 2, 1), (3, 9,
 @pytest.mark.parametrize("m,h,w,c,f,stride", POOL_CASES)
 @pytest.mark.parametrize("mode", ["max", "average"])
 def test_pool_forward_and_gradient_match_reference(x64, rng, m, h, w, c, f, stride, mode):
-    """Covers both pool implementations: stride == window reduces a reshaped view, other cases lax.reduce_window."""
+    """Covers each pool implementation: stride == window reduces a reshaped view; otherwise max pooling takes the
+    maxima of strided views, average pooling lax.reduce_window."""
     x = rng.standard_normal((m, h, w, c))
     a, cache = ref.pool_forward(x, f, stride, mode)
     pool = F.max_pool if mode == "max" else F.avg_pool
@@ -127,6 +128,19 @@ def test_pool_forward_and_gradient_match_reference(x64, rng, m, h, w, c, f, stri
     da = rng.standard_normal(a.shape)
     dx = jax.grad(lambda x: jnp.sum(pool(x, f, stride=stride) * da))(x)
     np.testing.assert_allclose(dx, ref.pool_backward(da, cache, mode), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", [1, ((0, 1), (2, 0))])
+def test_padded_max_pool_and_gradient_match_reference_on_minus_infinity_padded_input(x64, rng, padding):
+    x = rng.standard_normal((2, 7, 8, 3))
+    (top, _), (left, _) = pads = ((1, 1), (1, 1)) if padding == 1 else padding
+    a, cache = ref.pool_forward(np.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-np.inf), 3, 2, "max")
+    da = rng.standard_normal(a.shape)
+    pool = lambda x: F.max_pool(x, 3, stride=2, padding=padding)  # noqa: E731
+    np.testing.assert_allclose(pool(x), a, rtol=1e-12)
+    dx_padded = ref.pool_backward(da, cache, "max")
+    dx = jax.grad(lambda x: jnp.sum(pool(x) * da))(x)
+    np.testing.assert_allclose(dx, dx_padded[:, top : top + 7, left : left + 8], rtol=1e-12)
 
 
 def test_reference_conv_backward_matches_finite_differences_with_and_without_padding(x64, rng):
