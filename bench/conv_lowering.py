@@ -6,8 +6,8 @@ The layers of the benchmarked models at batch 128 (modern LeNet, the Flax MNIST 
 convs). Rounds are interleaved (A, B, C, A, ...) and medians printed with the ratio xla / best of the others (> 1:
 that one wins).
 Then the kernel gradient alone of the ResNet-20 layers (XLA's, which transposes both operands for an Eigen
-convolution, against patches^T @ dy, the banded kernel's gradient and oneDNN's), and max pooling's two
-implementations.
+convolution, against patches^T @ dy, the banded kernel's gradient and oneDNN's), and max pooling (forward and
+backward) by ``lax.reduce_window`` against cnnjax's ``max_pool``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ def kernel_grad(op):
     return jax.jit(jax.grad(lambda w, x, dy: jnp.sum(op(x, w) * dy)))
 
 
+def max_pool_grads(shape, window: int, stride: int, padding: str) -> dict:
+    """{implementation: jit(grad) of sum(max_pool(x) ** 2)} for lax.reduce_window and cnnjax's max_pool."""
+    pads = F.explicit_padding(shape[:2], (window, window), (stride, stride), (1, 1), padding)
+    pools = {
+        "reduce_window": lambda x: F._window_reduce(x, -jnp.inf, jax.lax.max, (window,) * 2, (stride,) * 2, pads),
+        "max_pool": lambda x: F.max_pool(x, window, stride=stride, padding=padding),
+    }
+    return {name: jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x) ** 2))) for name, f in pools.items()}
+
+
 def median_times(candidates: dict, args, rounds: int) -> dict:
     for fn in candidates.values():
         jax.block_until_ready(fn(*args))
@@ -88,17 +98,16 @@ def main() -> None:
             best = min((name for name in t if name != "xla"), key=t.get)
             print(f"{label:>40}: " + "  ".join(f"{name} {1e3 * seconds:7.2f}" for name, seconds in t.items())
                   + f"  xla / {best} {t['xla'] / t[best]:.2f}x")  # fmt: skip
-    for shape in ((28, 28, 6), (28, 28, 32), (16, 16, 64)):
-        x = jax.random.normal(key, (BATCH, *shape))
-        window = jax.jit(
-            jax.grad(
-                lambda x: jnp.sum(F._window_reduce(x, -jnp.inf, jax.lax.max, (2, 2), (2, 2), ((0, 0), (0, 0))) ** 2)
-            )
+    # (H, W, C), window, stride, padding: LeNet's and the MNIST CNN's 2x2 pools, cifar_cnn's and AlexNet's 3x3 stride 2
+    pools = [((28, 28, 6), 2, 2, "VALID"), ((28, 28, 32), 2, 2, "VALID"), ((16, 16, 64), 2, 2, "VALID")]
+    pools += [((32, 32, 64), 3, 2, "SAME"), ((55, 55, 96), 3, 2, "VALID")]
+    for shape, window, stride, padding in pools:
+        t = median_times(
+            max_pool_grads(shape, window, stride, padding), (jax.random.normal(key, (BATCH, *shape)),), args.rounds
         )
-        tiles = jax.jit(jax.grad(lambda x: jnp.sum(F.max_pool(x, 2) ** 2)))
-        t = median_times({"reduce_window": window, "tiles": tiles}, (x,), args.rounds)
-        print(f"{'max_pool 2x2 on ' + 'x'.join(map(str, shape)):>32}: reduce_window {1e3 * t['reduce_window']:7.2f}  "
-              f"tiles {1e3 * t['tiles']:7.2f}  ratio {t['reduce_window'] / t['tiles']:.2f}x")  # fmt: skip
+        label = f"max_pool {window}x{window}/{stride} on {'x'.join(map(str, shape))}"
+        print(f"{label:>40}: reduce_window {1e3 * t['reduce_window']:7.2f}  cnnjax's (tiles or strided views) "
+              f"{1e3 * t['max_pool']:7.2f}  ratio {t['reduce_window'] / t['max_pool']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -149,19 +149,29 @@ def _transpose_rule(operand: int):
 
 
 def _batching_rule(args, dims, *, kind, geometry, shape, threads):
-    """A mapped activation alone (the forward pass's or input gradient's first operand) joins the batch; anything
-    else runs once per mapped element."""
+    """A mapped activation alone (the forward pass's or input gradient's first operand) joins the batch. Otherwise the
+    mapped elements become groups of one grouped convolution: every operand and the result, activations (N, H, W, C)
+    and kernels (kh, kw, C // groups, O) alike, hold the elements side by side in their last axis (an unmapped
+    operand is repeated)."""
     a, b = args
     size = next(arg.shape[dim] for arg, dim in zip(args, dims) if dim is not None)
     if kind != KERNEL_GRADIENT and dims[1] is None:
         a = jnp.moveaxis(a, dims[0], 0)
         out = _bind(kind, a.reshape(-1, *a.shape[2:]), b, geometry, (size * shape[0], *shape[1:]))
         return out.reshape(size, *shape), 0
-    mapped = [arg if dim is None else jnp.moveaxis(arg, dim, 0) for arg, dim in zip(args, dims)]
-    one = lambda k: _bind(  # noqa: E731
-        kind, *(arg if dim is None else arg[k] for arg, dim in zip(mapped, dims)), geometry, shape
-    )
-    return jax.lax.map(one, jnp.arange(size)), 0
+    stacked = [_side_by_side(arg, dim, size) for arg, dim in zip(args, dims)]
+    grouped = (*geometry[:8], geometry[8] * size)
+    out = _bind(kind, *stacked, grouped, (*shape[:-1], size * shape[-1]))
+    return out.reshape(*shape[:-1], size, shape[-1]), len(shape) - 1
+
+
+def _side_by_side(operand: jax.Array, dim: int | None, size: int) -> jax.Array:
+    """(..., C) mapped over ``dim`` (None: the same for all ``size`` elements) -> (..., size * C), element-major."""
+    if dim is None:
+        operand = jnp.broadcast_to(operand[..., None, :], (*operand.shape[:-1], size, operand.shape[-1]))
+    else:
+        operand = jnp.moveaxis(operand, dim, -2)
+    return operand.reshape(*operand.shape[:-2], -1)
 
 
 onednn_conv_p.def_impl(_eager)

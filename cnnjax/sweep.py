@@ -331,9 +331,10 @@ def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.nd
 # ----------------------------------------------------------------------------------------------------------------------
 
 EXECUTORS = ("auto", "sequential", "vectorized")
-# the largest batch at which a vectorized group beats sequential trials on the CPU: 8 LeNets ran 1.27x at batch 8,
-# 1.11x at 16 and 32, 0.90x at 64, 0.69x at 128 on the 2-core CPU (with one convolution per member; as one grouped
-# convolution 1.16x, 0.72x, 0.59x, 0.69x, 0.51x); on an H100 2.7-3.0x at 32-512 (bench/sweep_vectorized.py)
+# the largest batch at which a vectorized group beats sequential trials on the CPU: with oneDNN's convolutions (the
+# members as the groups of one grouped convolution) 8 LeNets ran 3.11x at batch 8, 1.85x at 32, 0.69x at 128 on the
+# 2-core CPU; with XLA's (one convolution per member) 1.27x at batch 8, 1.11x at 16 and 32, 0.90x at 64, 0.69x at
+# 128; on an H100 2.7-3.0x at 32-512 (bench/sweep_vectorized.py)
 CPU_VECTORIZED_MAX_BATCH = 32
 
 

@@ -384,20 +384,23 @@ def test_conv_mapped_over_members_runs_one_convolution_per_member_with_the_same_
     assert "feature_group_count = 3" in jax.jit(jax.vmap(step)).lower(x, kernels).as_text()
 
 
-def test_onednn_conv_mapped_over_members_runs_one_call_per_member_with_the_same_values_and_gradients(rng):
+def test_onednn_conv_mapped_over_members_runs_one_grouped_call_with_the_same_values_and_gradients(rng):
     members, dy = 3, jnp.asarray(rng.standard_normal((2, 5, 6, 4)), jnp.float32)
     x, kernels = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in [(3, 2, 9, 12, 2), (3, 3, 3, 2, 4)])
     step = lambda x, kernel: _conv_loss_and_grads(x, kernel, dy, "onednn")  # noqa: E731
-    loss, (dx, dkernel) = jax.vmap(step, axis_name=F.MEMBER_AXIS)(x, kernels)
-    for k in range(members):
-        solo_loss, (solo_dx, solo_dkernel) = step(x[k], kernels[k])
-        np.testing.assert_allclose(loss[k], solo_loss, rtol=1e-5)
-        np.testing.assert_allclose(dkernel[k], solo_dkernel, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(dx[k], solo_dx, rtol=1e-5, atol=1e-5)
-    calls = lambda f, *args: (
-        jax.jit(f).lower(*args).compile().as_text().count('custom_call_target="cnnjax_onednn_conv"')
-    )  # noqa: E731
-    assert calls(jax.vmap(step, axis_name=F.MEMBER_AXIS), x, kernels) == members * calls(step, x[0], kernels[0]) == 9
+    for in_axes, x_of in [((0, 0), lambda k: x[k]), ((None, 0), lambda k: x[0])]:  # own inputs; a shared input
+        loss, (dx, dkernel) = jax.vmap(step, in_axes=in_axes, axis_name=F.MEMBER_AXIS)(
+            x if in_axes[0] == 0 else x[0], kernels
+        )
+        for k in range(members):
+            solo_loss, (solo_dx, solo_dkernel) = step(x_of(k), kernels[k])
+            np.testing.assert_allclose(loss[k], solo_loss, rtol=1e-5)
+            np.testing.assert_allclose(dkernel[k], solo_dkernel, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(dx[k], solo_dx, rtol=1e-5, atol=1e-5)
+    program = jax.jit(jax.vmap(step, axis_name=F.MEMBER_AXIS)).lower(x, kernels).compile().as_text()
+    calls = [line for line in program.splitlines() if 'custom_call_target="cnnjax_onednn_conv"' in line]
+    # the forward pass and both gradients, each one call over all members as 3 groups (geometry's last value)
+    assert len(calls) == 3 and all("geometry = dense<[2, 2, 1, 1, 1, 1, 1, 1, 3]>" in line for line in calls)
 
 
 def test_conv_outside_a_member_mapping_keeps_forward_mode_differentiation(rng):
