@@ -33,7 +33,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--model", default="lenet", help="lenet or resnet (ResNet-20 on 32x32x3)")
     parser.add_argument("--batch_sizes", default="128", help="comma-separated batch sizes to compare at")
-    parser.add_argument("--grouped_convs", action="store_true", help="also time the group with grouped convolutions")
+    parser.add_argument(
+        "--grouped_convs",
+        action="store_true",
+        help="also time the group mapped without the member axis name (so with XLA convolutions JAX batches them into grouped ones)",
+    )
     args = parser.parse_args()
     for batch in map(int, args.batch_sizes.split(",")):
         compare(args, batch)
