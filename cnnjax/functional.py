@@ -198,14 +198,16 @@ def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = Non
     default backend).
 
     On the CPU 'onednn' for float32 where its handler is built (:mod:`cnnjax.onednn`): it ran every benchmarked layer
-    1.1-2.5x faster forward and backward than the best of the others (bench/conv_lowering.py). Otherwise XLA's
+    1.1-2.5x faster forward and backward than the best of the others (bench/conv_lowering.py). Not where JAX has
+    several CPU devices (``train.cpu_devices``, ``jax.distributed``): XLA's SPMD partitioner cannot split the custom
+    call by the batch, so every device would gather the whole batch and convolve all of it. Otherwise XLA's
     convolution is weakest over few input channels: 'banded' ran the first convs of LeNet, the Flax MNIST CNN and
     ResNet-20, and LeNet's 6-channel second conv, 1.2-3.8x faster, and ``cifar_cnn``'s 3->64 first conv as fast; from
     16 input channels on (0.4-0.7x), or on GPU and TPU, ``lax.conv`` wins.
     """
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
-    if jnp.dtype(dtype) == jnp.float32 and onednn.available():
+    if jnp.dtype(dtype) == jnp.float32 and onednn.available() and jax.device_count("cpu") == 1:
         return "onednn"
     return "banded" if kernel_shape[2] <= 6 else "xla"
 

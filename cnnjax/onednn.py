@@ -63,8 +63,9 @@ def available() -> bool:
 
 
 def threads_per_device() -> int:
-    """The cores each CPU device's convolutions run on: all of them, shared out when XLA splits the CPU into several
-    devices that run at once (``parallel.split_cpu``; two devices with two threads each ran the MNIST CNN 0.58x)."""
+    """The cores each CPU device's oneDNN calls run on: all of them, shared out when XLA splits the CPU into several
+    devices that run at once (``parallel.split_cpu``; conv2d's default leaves oneDNN out there, but it may be asked
+    for)."""
     return max(1, len(os.sched_getaffinity(0)) // jax.local_device_count("cpu"))
 
 

@@ -318,6 +318,9 @@ def test_default_lowering_is_onednn_for_float32_on_cpu_else_banded_over_few_inpu
     )
     assert lowering((5, 5, 1, 6), "gpu") == "xla" and lowering((5, 5, 1, 6), "tpu") == "xla"
     assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
+    with monkeypatch.context() as several_devices:  # XLA's partitioner would give every CPU device the whole batch
+        several_devices.setattr(jax, "device_count", lambda backend=None: 2)
+        assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((3, 3, 32, 64), "cpu") == "xla"
     monkeypatch.setenv("CNNJAX_ONEDNN", "0")  # the opt-out: the rules that apply where the handler is not built
     assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((5, 5, 6, 16), "cpu") == "banded"
     assert lowering((3, 3, 1, 32), "cpu") == "banded" and lowering((3, 3, 3, 16), "cpu") == "banded"
