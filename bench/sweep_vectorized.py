@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument(
         "--grouped_convs",
         action="store_true",
-        help="also time the group mapped without the member axis name (so with XLA convolutions JAX batches them into grouped ones)",
+        help="also time the group mapped without the member axis name (XLA's convolutions then become grouped ones)",
     )
     args = parser.parse_args()
     for batch in map(int, args.batch_sizes.split(",")):

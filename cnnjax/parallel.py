@@ -30,9 +30,9 @@ def split_cpu(count: int) -> None:
     With data parallelism over them each device runs its slice of the batch, so the operations XLA:CPU runs on one
     thread keep every core busy: with XLA's convolutions the Flax MNIST CNN trained 1.26-1.32x faster on two devices
     of the 2-core CPU than on one, LeNet 0.81-0.85x; with several devices conv2d keeps XLA's convolutions, and one
-    device with oneDNN's is faster now (two: 0.91x and 0.87x; bench/cpu_devices.py). It only takes effect before JAX's first operation (the
-    launcher checks the config first); afterwards a different count raises a ValueError. GPU and TPU runs are
-    unaffected.
+    device with oneDNN's is faster now (two: 0.91x and 0.87x; bench/cpu_devices.py). It only takes effect before
+    JAX's first operation (the launcher checks the config first); afterwards a different count raises a ValueError.
+    GPU and TPU runs are unaffected.
 
     XLA:CPU sizes its thread pools by the number of cores (or ``PJRT_NPROC``); a device waiting in the gradients'
     all-reduce holds one of those threads, and with as many devices as threads a 2-device run on 2 cores once hung in
