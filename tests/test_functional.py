@@ -81,6 +81,15 @@ def test_max_pool_window_3_padding_1_stride_2_1():
     np.testing.assert_array_equal(out[0], expected)
 
 
+def test_overlapping_max_pool_gives_a_tie_one_whole_gradient_and_keeps_nans():
+    pool = lambda x: F.max_pool(x, 3, stride=2, padding=1)  # noqa: E731  (the strided-view implementation)
+    grad = jax.grad(lambda x: jnp.sum(pool(x)))(jnp.zeros((1, 5, 5, 1)))  # every window a tie
+    np.testing.assert_array_equal(grad, np.round(grad))  # no shares of a tie (halves, quarters)
+    assert float(grad.sum()) == 9.0 and float(grad[0, 0, 0, 0]) == 1.0  # one per window; the first wins
+    out = pool(jnp.zeros((1, 5, 5, 1)).at[0, 2, 2, 0].set(jnp.nan))
+    np.testing.assert_array_equal(np.isnan(out[0, :, :, 0]), np.eye(3)[1][:, None] * np.eye(3)[1][None, :] > 0)
+
+
 def test_max_pool_padding_never_wins_even_for_negative_inputs():
     out = F.max_pool(-jnp.ones((1, 2, 2, 1)), 3, stride=1, padding=1)
     np.testing.assert_array_equal(out, -jnp.ones((1, 2, 2, 1)))
