@@ -426,7 +426,7 @@ def max_pool(x: Array, window: IntOrPair, *, stride: IntOrPair | None = None, pa
 
     Non-overlapping windows reduce a reshaped view (its gradient is a mask, several times faster on the CPU than
     ``reduce_window``'s); other geometries (overlapping or padded windows) take the elementwise maxima of the
-    window's strided views, along the width, then the height: forward and backward 2.8-8x faster than
+    window's strided views, along the width, then the height: forward and backward 2.4-8x faster than
     ``reduce_window`` on the CPU (AlexNet's and ``cifar_cnn``'s 3x3 stride-2 pools, GoogLeNet's 3x3 stride-1). The
     gradient of a window's tied maxima goes to the first of them along the width, then the height.
     """
