@@ -252,7 +252,7 @@ def conv2d(
     reshaped. More FLOPs, but a convolution over B times more channels, which XLA:CPU runs far faster when the
     input has only a few (:func:`band_block` picks B). 'onednn' runs the forward pass and both gradients as oneDNN
     primitives inside the jitted program (CPU, float32; :mod:`cnnjax.onednn`). None picks per kernel shape, dtype
-    and backend with :func:`default_conv_lowering`. 'onednn' is differentiable in reverse mode only.
+    and backend with :func:`default_conv_lowering`.
 
     Under ``jax.vmap`` over a stack of models (cnnjax.sweep's vectorized groups) 'onednn' runs the members as the
     groups of one grouped oneDNN convolution (8 LeNets trained 1.1-1.6x faster than with one call per member). With
