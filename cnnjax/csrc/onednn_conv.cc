@@ -54,6 +54,14 @@ struct Plan {
   memory::desc user_kernel;     // HWIO
   memory::desc scratchpad;
   std::unique_ptr<dnnl::reorder> kernel_reorder;  // HWIO <-> the primitive's layout, when they differ
+
+  // the primitive of `pd`, whose kernel (or kernel gradient) is laid out as `kernel_layout`
+  template <typename Primitive, typename PrimitiveDesc>
+  void use(const PrimitiveDesc& pd, const memory::desc& kernel_layout) {
+    conv = Primitive(pd);
+    kernel = kernel_layout;
+    scratchpad = pd.scratchpad_desc();
+  }
 };
 
 using Key = std::tuple<int64_t, int64_t, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
@@ -74,23 +82,17 @@ Plan make_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w
   Plan plan;
   plan.user_kernel = kernel_desc(w, groups, false);
   if (kind == kForward) {
-    plan.conv = dnnl::convolution_forward(forward);
-    plan.kernel = forward.weights_desc();
-    plan.scratchpad = forward.scratchpad_desc();
+    plan.use<dnnl::convolution_forward>(forward, forward.weights_desc());
   } else if (kind == kInputGradient) {
     const dnnl::convolution_backward_data::primitive_desc pd(engine, dnnl::algorithm::convolution_direct, src,
                                                             kernel_any, dst, strides, dilations, pad_l, pad_r,
                                                             forward, attr);
-    plan.conv = dnnl::convolution_backward_data(pd);
-    plan.kernel = pd.weights_desc();
-    plan.scratchpad = pd.scratchpad_desc();
+    plan.use<dnnl::convolution_backward_data>(pd, pd.weights_desc());
   } else {
     const dnnl::convolution_backward_weights::primitive_desc pd(engine, dnnl::algorithm::convolution_direct, src,
                                                                kernel_any, dst, strides, dilations, pad_l, pad_r,
                                                                forward, attr);
-    plan.conv = dnnl::convolution_backward_weights(pd);
-    plan.kernel = pd.diff_weights_desc();
-    plan.scratchpad = pd.scratchpad_desc();
+    plan.use<dnnl::convolution_backward_weights>(pd, pd.diff_weights_desc());
   }
   if (plan.kernel != plan.user_kernel) {
     const bool to_user = kind == kKernelGradient;
@@ -144,17 +146,12 @@ ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuff
     }
     memory src(activation_desc(x_shape), engine, x), dst(activation_desc(y_shape), engine, y);
     memory scratchpad(plan.scratchpad, engine, scratch.get());
-    if (kind == kForward) {
-      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, dst},
-                                 {DNNL_ARG_SCRATCHPAD, scratchpad}});
-    } else if (kind == kInputGradient) {
-      plan.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DIFF_DST, dst},
-                                 {DNNL_ARG_SCRATCHPAD, scratchpad}});
-    } else {
-      plan.conv.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, kernel}, {DNNL_ARG_DIFF_DST, dst},
-                                 {DNNL_ARG_SCRATCHPAD, scratchpad}});
-      if (plan.kernel_reorder) plan.kernel_reorder->execute(stream, kernel, user_kernel);
-    }
+    // the operands' argument names: gradients are the diff_ ones
+    const int x_arg = kind == kInputGradient ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC;
+    const int w_arg = kind == kKernelGradient ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
+    const int y_arg = kind == kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
+    plan.conv.execute(stream, {{x_arg, src}, {w_arg, kernel}, {y_arg, dst}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    if (kind == kKernelGradient && plan.kernel_reorder) plan.kernel_reorder->execute(stream, kernel, user_kernel);
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("cnnjax_onednn_conv: oneDNN: ") + e.what());
