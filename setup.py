@@ -5,6 +5,7 @@ XLA's own convolutions."""
 
 import importlib.metadata
 import platform
+import sys
 
 from setuptools import Extension, setup
 
@@ -19,14 +20,20 @@ def wheel_data_dir(distribution: str, member: str) -> str:
 def onednn_extension() -> list[Extension]:
     if platform.system() != "Linux" or platform.machine() != "x86_64":
         return []  # oneDNN's wheels are for Linux x86_64
-    import jax.ffi
+    try:  # the build requirements; without them (a build without isolation, say) cnnjax installs without it
+        import jax.ffi
 
+        include_dirs = [jax.ffi.include_dir(), wheel_data_dir("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")]
+        library_dirs = [wheel_data_dir("onednn-cpu-gomp", "libdnnl.so.3")]
+    except (ImportError, importlib.metadata.PackageNotFoundError, StopIteration) as error:
+        print(f"cnnjax: not building the oneDNN convolution handler: {error!r}", file=sys.stderr)
+        return []
     return [
         Extension(
             "cnnjax._onednn_conv",
             sources=["cnnjax/csrc/onednn_conv.cc"],
-            include_dirs=[jax.ffi.include_dir(), wheel_data_dir("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")],
-            library_dirs=[wheel_data_dir("onednn-cpu-gomp", "libdnnl.so.3")],
+            include_dirs=include_dirs,
+            library_dirs=library_dirs,
             libraries=[":libdnnl.so.3"],  # loaded at run time from the onednn-cpu-gomp wheel (cnnjax/onednn.py)
             extra_compile_args=["-std=c++20", "-O2", "-fopenmp", "-Wno-return-type"],
             extra_link_args=["-fopenmp"],
