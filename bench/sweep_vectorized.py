@@ -49,7 +49,7 @@ def compare(args, batch: int) -> None:
     model = models.get("lenet") if args.model == "lenet" else models.get("resnet", depth=20)
     shape = (28, 28, 1) if args.model == "lenet" else (32, 32, 3)
     optimizer, train_fn, solo_step, eval_fn, _ = train.compiled_steps(config, model, args.steps)
-    xla = backend.XlaCpuOptions.of(config.train)
+    xla = backend.XlaOptions.of(config.train)
     group_steps = {"vectorized": sweep._group_steps(train_fn, eval_fn, xla)[0]}
     if args.grouped_convs:
         group_steps["grouped convs"] = sweep._group_steps(train_fn, eval_fn, xla, axis_name=None)[0]

@@ -24,7 +24,7 @@ MNIST_CNN = mnist_cnn.get_config()
 class Workload(NamedTuple):
     make_model: Callable[[], object]
     image_shape: tuple[int, int, int]  # (H, W, C)
-    xla: backend.XlaCpuOptions = backend.XlaCpuOptions()  # its experiment's config.train.xla_cpu_* settings
+    xla: backend.XlaOptions = backend.XlaOptions()  # its experiment's config.train.xla_cpu_* settings
     cpu_devices: int = 1  # how many CPU devices its experiment trains on (config.train.cpu_devices, at least 1)
 
 
@@ -35,10 +35,10 @@ MODELS = {
     ),
     "cifar_cnn": Workload(lambda: models.get("cifar_cnn"), (32, 32, 3)),
     "resnet20": Workload(
-        lambda: models.get("resnet", depth=20), (32, 32, 3), backend.XlaCpuOptions.of(resnet.get_config().train)
+        lambda: models.get("resnet", depth=20), (32, 32, 3), backend.XlaOptions.of(resnet.get_config().train)
     ),
     "resnet9": Workload(
-        lambda: models.get("resnet9", width=16), (28, 28, 1), backend.XlaCpuOptions.of(resnet9.get_config().train)
+        lambda: models.get("resnet9", width=16), (28, 28, 1), backend.XlaOptions.of(resnet9.get_config().train)
     ),
 }
 
@@ -49,7 +49,7 @@ def split_cpu_for(names: list[str]) -> None:
     parallel.split_cpu(max(MODELS[name].cpu_devices for name in names))
 
 
-def train_workload(name: str, steps: int, devices: int | None = None, xla: backend.XlaCpuOptions | None = None):
+def train_workload(name: str, steps: int, devices: int | None = None, xla: backend.XlaOptions | None = None):
     """(model, image shape, train step, initial state, step arguments per batch) for `steps` batches of BATCH.
 
     The step is cnnjax's real one (Adam 1e-3, device-resident data, donated state), data-parallel over ``devices``

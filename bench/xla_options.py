@@ -1,11 +1,13 @@
-"""Training throughput under different XLA:CPU settings (YNNPACK fusions, CSE), compiled side by side in one process.
+"""Training throughput under different XLA settings, compiled side by side in one process: on the CPU YNNPACK fusions
+and CSE, on a GPU deterministic operations.
 
     PYTHONPATH=. .venv/bin/python bench/xla_options.py [--rounds=5] [--steps=10] [--models=lenet,mnist_cnn,...]
 
 Each model's real train step is compiled once per setting of ``xla_cpu_experimental_ynn_fusion_type`` and with or
 without XLA's common-subexpression elimination (as ``compiler_options``, so one process compares them all), then the
 settings run in interleaved rounds from the same initial state. Prints median images/s and the ratio to XLA's
-default. cnnjax.backend picks its flag from this, and the experiments their ``train.xla_cpu_*`` settings.
+default. cnnjax.backend picks its flag from this, and the experiments their ``train.xla_cpu_*`` settings; on a GPU it
+prints the cost of ``train.xla_gpu_deterministic``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from cnnjax import backend  # noqa: E402
 def settings() -> dict[str, dict]:
     """label -> the step's compiler options; ratios are to XLA's default. Call it after splitting the CPU: the
     options ask JAX for its backend."""
+    if jax.default_backend() == "gpu":
+        return {"default": {}, "deterministic": backend.XlaOptions(gpu_deterministic=True).compiler_options()}
     return {
         "default": {},
         "none": {"xla_cpu_experimental_ynn_fusion_type": ""},  # no YNNPACK at all
         **{
-            f"{types}{'' if cse else ' no cse'}": backend.XlaCpuOptions(types, cse).compiler_options()
+            f"{types}{'' if cse else ' no cse'}": backend.XlaOptions(types, cse).compiler_options()
             for types, cse in [
                 ("individual_dot", True),
                 ("individual_dot,reduce", True),
@@ -50,7 +54,9 @@ def main() -> None:
     workloads.split_cpu_for(args.models.split(","))
     print(f"jax {jax.__version__}; batch {workloads.BATCH}, {args.steps} steps per round, medians of {args.rounds}")
     for name in args.models.split(","):
-        _, _, step, state, batches = workloads.train_workload(name, args.steps, xla=backend.XlaCpuOptions())
+        _, _, step, state, batches = workloads.train_workload(
+            name, args.steps, xla=backend.XlaOptions(gpu_deterministic=False)
+        )
         lowered = step.lower(state, *batches[0])
         runs = {  # each with its own copy of the state, which the step donates
             label: workloads.runner(lowered.compile(options), jax.tree.map(jnp.copy, state), batches)

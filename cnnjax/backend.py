@@ -1,4 +1,5 @@
-"""XLA settings that make cnnjax's layers faster, applied when cnnjax is imported, before JAX starts its backends.
+"""XLA settings: flags that make cnnjax's layers faster, applied when cnnjax is imported, before JAX starts its
+backends, and per-program options set by the config (:class:`XlaOptions`).
 
 XLA:CPU hands some of its operations to the YNNPACK library; by default matrix products and also reductions, which
 YNNPACK runs slower than XLA's own loops here. Keeping YNNPACK for the matrix products only sped up the training steps
@@ -33,9 +34,9 @@ def apply_xla_flags(environ: MutableMapping[str, str] = os.environ) -> tuple[str
     return added
 
 
-class XlaCpuOptions(NamedTuple):
-    """A config's per-program XLA:CPU settings (``config.train.xla_cpu_*``); hashable, so compiled steps can be cached
-    by them. GPU and TPU compilations ignore them.
+class XlaOptions(NamedTuple):
+    """A config's per-program XLA settings (``config.train.xla_*``); hashable, so compiled steps can be cached by them.
+    Each backend's compilations use its own and ignore the others'.
 
     ``ynn_fusion``: comma-separated :data:`YNN_FUSION_TYPES` that YNNPACK runs, e.g. 'dot,eltwise,reduce' (ResNet-20's
     step runs 1.27x faster with it than with cnnjax's default, LeNet's 0.55x: bench/xla_options.py); '' keeps the
@@ -44,22 +45,29 @@ class XlaCpuOptions(NamedTuple):
     forward pass with the same broadcast in the backward pass; shared, the broadcast stays out of YNNPACK's fusions
     and is written out at the activations' full size, 19 times per ResNet-20 step. Without it ResNet-20's step ran
     1.03-1.09x faster, VGG-16-BN's 0.96x, ResNet-9's 0.89-1.11x (bench/xla_options.py). CPU compilations only.
+    ``gpu_deterministic``: XLA:GPU's deterministic operations (``xla_gpu_deterministic_ops``: no atomics in
+    reductions and scatters, deterministic convolution algorithms), so that a run and its resume from a checkpoint
+    are bitwise identical on a GPU as on the CPU; without it an H100 resumed to within 1 ulp only.
     """
 
     ynn_fusion: str = ""
     cse: bool = True
+    gpu_deterministic: bool = True
 
     @classmethod
-    def of(cls, train_config) -> XlaCpuOptions:
+    def of(cls, train_config) -> XlaOptions:
         """The options of a ``config.train`` section."""
-        return cls(train_config.xla_cpu_ynn_fusion, train_config.xla_cpu_cse)
+        return cls(train_config.xla_cpu_ynn_fusion, train_config.xla_cpu_cse, train_config.xla_gpu_deterministic)
 
     def compiler_options(self) -> dict[str, str]:
         """``jax.jit`` compiler options that apply these settings to one program; raises a ValueError naming the config
         key for an unknown YNNPACK fusion type."""
         import jax  # here, so that ``import cnnjax`` stays light
 
-        options = {} if self.cse or jax.default_backend() != "cpu" else {"xla_disable_hlo_passes": "cse"}
+        platform = jax.default_backend()
+        options = {} if self.cse or platform != "cpu" else {"xla_disable_hlo_passes": "cse"}
+        if platform == "gpu" and self.gpu_deterministic:
+            options["xla_gpu_deterministic_ops"] = True
         if not self.ynn_fusion:
             return options
         names = self.ynn_fusion.split(",")

@@ -86,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
             "cpu_devices": 0,  # > 0: split the host CPU into this many devices (parallel.split_cpu; 0: JAX's one)
             "compute_dtype": "float32",  # float32 | bfloat16 (mixed precision: float32 parameters and optimizer)
             "xla_cpu_ynn_fusion": "",  # XLA:CPU ops run by YNNPACK, e.g. 'dot,eltwise,reduce' ('': cnnjax.backend's)
-            "xla_cpu_cse": True,  # False: XLA:CPU without common-subexpression elimination (backend.XlaCpuOptions)
+            "xla_cpu_cse": True,  # False: XLA:CPU without common-subexpression elimination (backend.XlaOptions)
+            "xla_gpu_deterministic": True,  # XLA:GPU's deterministic ops: bitwise-identical runs and resumes on GPUs
         }
     )
     return config

@@ -202,7 +202,7 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     states, (key, *_) = zip(*(train.run_state(config, model, optimizer, splits.image_shape) for config in configs))
     state = _stack(states)
     best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
-    group_step, group_eval = _group_steps(train_fn, eval_fn, backend.XlaCpuOptions.of(c))
+    group_step, group_eval = _group_steps(train_fn, eval_fn, backend.XlaOptions.of(c))
     writers = []
     for config, workdir in zip(configs, workdirs):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +285,7 @@ def _where_members(mask: np.ndarray, new, old):
 
 
 @functools.lru_cache(maxsize=8)
-def _group_steps(train_fn, eval_fn, xla: backend.XlaCpuOptions, axis_name: str | None = F.MEMBER_AXIS):
+def _group_steps(train_fn, eval_fn, xla: backend.XlaOptions, axis_name: str | None = F.MEMBER_AXIS):
     """jit(vmap) of the training step (with divergence masking) and of the evaluation step over the member axis.
 
     The members share the batch index and key (one seed): the batch and its augmentation are computed once for all
@@ -293,7 +293,7 @@ def _group_steps(train_fn, eval_fn, xla: backend.XlaCpuOptions, axis_name: str |
     one convolution with their output channels side by side. Mapped over ``functional.MEMBER_AXIS``, the later
     convolutions run one per member on the CPU (see ``functional.conv2d``); ``axis_name=None`` leaves them to JAX's
     batching (one grouped convolution; bench/sweep_vectorized.py compares both).
-    ``xla``: the config's ``backend.XlaCpuOptions``.
+    ``xla``: the config's ``backend.XlaOptions``.
     """
     options = xla.compiler_options()
 
@@ -334,7 +334,7 @@ EXECUTORS = ("auto", "sequential", "vectorized")
 # the largest batch at which a vectorized group beats sequential trials on the CPU: with oneDNN's convolutions (the
 # members as the groups of one grouped convolution) 8 LeNets ran 3.11x at batch 8, 1.85x at 32, 0.69x at 128 on the
 # 2-core CPU; with XLA's (one convolution per member) 1.27x at batch 8, 1.11x at 16 and 32, 0.90x at 64, 0.69x at
-# 128; on an H100 2.7-3.0x at 32-512 (bench/sweep_vectorized.py)
+# 128; on an H100 3.8x, 3.6x and 3.2x at 32, 128 and 512 (bench/sweep_vectorized.py)
 CPU_VECTORIZED_MAX_BATCH = 32
 
 

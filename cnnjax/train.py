@@ -77,7 +77,7 @@ def check_config(config):
             f"config.train.compute_dtype={config.train.compute_dtype!r} is invalid: choose one of {COMPUTE_DTYPES}"
         )
     parallel.split_cpu(config.train.cpu_devices)  # before the options below start JAX
-    backend.XlaCpuOptions.of(config.train).compiler_options()
+    backend.XlaOptions.of(config.train).compiler_options()
     devices = parallel.num_devices(config.train.num_devices)
     for key in ("batch_size", "eval_batch_size"):
         if config.data[key] % devices:
@@ -131,12 +131,12 @@ def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
 
 
 def make_train_step(
-    model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", xla: backend.XlaCpuOptions | None = None
+    model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", xla: backend.XlaOptions | None = None
 ):
     """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated.
-    ``xla``: the config's ``backend.XlaCpuOptions`` (None: the defaults)."""
+    ``xla``: the config's ``backend.XlaOptions`` (None: the defaults)."""
     step_fn = train_step_fn(model, optimizer, loss_name, augment, compute_dtype)
-    return jax.jit(step_fn, donate_argnums=0, compiler_options=(xla or backend.XlaCpuOptions()).compiler_options())
+    return jax.jit(step_fn, donate_argnums=0, compiler_options=(xla or backend.XlaOptions()).compiler_options())
 
 
 def train_step_fn(
@@ -222,7 +222,7 @@ def _view_items(config) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, label_smoothing: float,
-                  augment_items: tuple, view_items: tuple, compute_dtype: str, xla: backend.XlaCpuOptions):  # fmt: skip
+                  augment_items: tuple, view_items: tuple, compute_dtype: str, xla: backend.XlaOptions):  # fmt: skip
     optim_config = ml_collections.ConfigDict(dict(optim_items))
     optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs)
     augment = functools.partial(data.augment, **dict(augment_items))
@@ -247,7 +247,7 @@ def compiled_steps(config, model, steps_per_epoch: int):
     )
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
-        augment_items, _view_items(config), config.train.compute_dtype, backend.XlaCpuOptions.of(config.train),
+        augment_items, _view_items(config), config.train.compute_dtype, backend.XlaOptions.of(config.train),
     )  # fmt: skip
 
 

@@ -1,6 +1,14 @@
-"""Test configuration: strict dtype promotion and rank promotion that raises catch silent broadcasting bugs."""
+"""Test configuration: the CPU platform unless ``JAX_PLATFORMS`` names another, and strict dtype promotion and rank
+promotion that raises, which catch silent broadcasting bugs."""
 
-import jax
+import os
+
+# The suite checks what cnnjax promises on the CPU (bitwise-identical resumes, oneDNN's convolutions, XLA:CPU's
+# options, forced host devices, the oracle at float32 tolerances): on a machine with a GPU it still runs there, and
+# its subprocesses with it. `JAX_PLATFORMS=cuda python -m pytest tests/test_functional.py ...` runs tests on a GPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
 import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")

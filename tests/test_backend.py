@@ -73,7 +73,7 @@ def test_without_cse_batch_norm_broadcasts_join_the_ynnpack_fusions():
 
     # with CSE, each batch norm's scale broadcast is shared by its forward and backward passes and written out
     assert activation_sized_broadcasts(cse=True) >= 7 > activation_sized_broadcasts(cse=False)
-    assert backend.XlaCpuOptions("", cse=False).compiler_options() == {"xla_disable_hlo_passes": "cse"}
+    assert backend.XlaOptions("", cse=False).compiler_options() == {"xla_disable_hlo_passes": "cse"}
 
 
 def test_unknown_ynn_fusion_types_are_rejected_naming_the_key():
@@ -81,4 +81,17 @@ def test_unknown_ynn_fusion_types_are_rejected_naming_the_key():
     config.train.xla_cpu_ynn_fusion = "dot,conv"
     with pytest.raises(ValueError, match=r"xla_cpu_ynn_fusion=.*\['conv'\]"):
         train.check_config(config)
-    assert backend.XlaCpuOptions().compiler_options() == {}
+    assert backend.XlaOptions().compiler_options() == {}
+
+
+def test_gpu_programs_use_deterministic_ops_unless_the_config_turns_them_off(monkeypatch):
+    """On a GPU a resume is bitwise identical only with XLA:GPU's deterministic operations (checked on an H100)."""
+    config = base_config()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    options = backend.XlaOptions.of(config.train).compiler_options()
+    assert options == {"xla_gpu_deterministic_ops": True}
+    config.train.xla_gpu_deterministic = False
+    assert backend.XlaOptions.of(config.train).compiler_options() == {}
+    monkeypatch.undo()
+    # XLA knows the option by this name (a misspelt one is an error) and the CPU compiler accepts it
+    assert jax.jit(lambda x: 2 * x, compiler_options=options)(1.0) == 2.0

@@ -93,7 +93,7 @@ def test_vectorized_group_equals_solo_runs_and_does_not_recompile(tmp_path):
     more = sweep.grid(**{"optim.learning_rate": [5e-4, 7e-3], "train.seed": [0, 1]})
     sweep.run_sweep(base, more, tmp_path / "more", executor="vectorized")
     assert sweep._group_steps.cache_info().currsize == 1
-    xla = backend.XlaCpuOptions.of(base.train)
+    xla = backend.XlaOptions.of(base.train)
     group_step, _ = sweep._group_steps(*train.compiled_steps(base, train.check_config(base), 6)[1::2], xla)
     assert group_step._cache_size() == 1
 
