@@ -1,12 +1,13 @@
 """oneDNN convolutions for XLA:CPU: ``functional.conv2d``'s 'onednn' lowering.
 
 XLA:CPU runs convolutions with Eigen and transposes both operands for every kernel gradient; oneDNN, the library
-PyTorch's CPU convolutions use, ran the layers of LeNet, the MNIST CNN, ``cifar_cnn`` and ResNet-20 1.1-6x faster
+PyTorch's CPU convolutions use, ran (on a 2-core CPU) the layers of LeNet, the MNIST CNN, ``cifar_cnn`` and ResNet-20 1.1-6x faster
 forward and backward than XLA, 1.1-2.5x faster than the best other lowering (bench/conv_lowering.py). cnnjax calls
 it through an XLA FFI custom call compiled from ``cnnjax/csrc/onednn_conv.cc`` when the package is installed
 (``setup.py``, against the ``onednn-cpu-gomp`` wheel), so it runs inside the jitted program like any other XLA
 operation: forward, input gradient and kernel gradient, each a oneDNN primitive built once per shape, and a JAX
-primitive differentiable like ``lax.conv``. float32 only.
+primitive differentiable like ``lax.conv``. Traced under a mesh of several devices (``jax.set_mesh``), each
+device convolves its part of the batch. float32 only.
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ def available() -> bool:
     return os.environ.get(OPT_OUT) != "0" and unavailable_reason() is None
 
 
+# oneDNN's threads per call at most: on a 16-core x86 CPU the Flax MNIST CNN's step ran 1.22x XLA's own convolutions
+# with 8, 1.13x with 4 and 0.97x with all 16 (bench/vs_pytorch.py, the count set by hand)
+MAX_THREADS = 8
+
+
 def threads_per_device() -> int:
-    """The cores each CPU device's oneDNN calls run on: all of them, shared out when XLA splits the CPU into several
-    devices that run at once (``parallel.split_cpu``; conv2d's default leaves oneDNN out there, but it may be asked
-    for)."""
-    return max(1, len(os.sched_getaffinity(0)) // jax.local_device_count("cpu"))
+    """The cores each CPU device's oneDNN calls run on: all of them up to :data:`MAX_THREADS`, shared out when XLA
+    splits the CPU into several devices that run at once (``parallel.split_cpu``)."""
+    return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0)) // jax.local_device_count("cpu")))
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride, dilation, pads, groups: int) -> jax.Array:
@@ -83,7 +88,28 @@ def conv(x: jax.Array, kernel: jax.Array, stride, dilation, pads, groups: int) -
         raise ValueError(f"conv2d: lowering='onednn' is not available: {reason}; or use lowering='xla'")
     (top, bottom), (left, right) = pads
     geometry = (*stride, *dilation, top, bottom, left, right, groups)
-    return _bind(FORWARD, x, kernel, geometry, _output_shape(x.shape, kernel.shape, geometry))
+
+    def forward(x, kernel):
+        return _bind(FORWARD, x, kernel, geometry, _output_shape(x.shape, kernel.shape, geometry))
+
+    return _split_by_batch(forward, x, kernel)
+
+
+def _split_by_batch(f, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``f(x, kernel)``, run by every device on its part of the batch where JAX traces under a mesh of several devices
+    (``jax.set_mesh``, as cnnjax.train does): XLA's SPMD partitioner cannot split the custom call by itself, and would
+    give every device the whole batch to convolve. The mesh's axes together split the batch; the kernel gradient's
+    parts are summed over them by ``shard_map``'s transpose (``check_vma=False``: the primitive does not track which
+    values vary over the mesh, so its cotangent counts as varying)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    manual = jax.sharding.AxisType.Manual in mesh.axis_types  # inside a shard_map: x is this device's part already
+    if mesh.empty or mesh.size == 1 or manual or x.shape[0] % mesh.size:
+        return f(x, kernel)
+    batch = jax.sharding.PartitionSpec(mesh.axis_names)
+    split = jax.shard_map(
+        f, mesh=mesh, in_specs=(batch, jax.sharding.PartitionSpec()), out_specs=batch, check_vma=False
+    )
+    return split(x, kernel)
 
 
 def _output_shape(x_shape, kernel_shape, geometry) -> tuple[int, ...]:

@@ -1,5 +1,7 @@
 """cnnjax.functional: hand-worked examples, semantics of every op, jit/vmap/grad, shape helpers and clear errors."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -320,6 +322,7 @@ def test_bad_hyperparameters_are_clear_errors(kwargs, message):
 def test_default_lowering_is_onednn_for_float32_on_cpu_else_banded_over_few_input_channels(monkeypatch):
     lowering = F.default_conv_lowering
     assert onednn.available(), onednn.unavailable_reason()  # built by the project's setup (setup.py)
+    monkeypatch.setattr(onednn, "threads_per_device", lambda: 2)  # a 2-core CPU, like this project's machine
     assert lowering((5, 5, 1, 6), "cpu") == "onednn" and lowering((3, 3, 32, 64), "cpu", jnp.float32) == "onednn"
     assert (
         lowering((5, 5, 1, 6), "cpu", jnp.float64) == "banded"
@@ -330,12 +333,23 @@ def test_default_lowering_is_onednn_for_float32_on_cpu_else_banded_over_few_inpu
     with monkeypatch.context() as several_devices:  # XLA's partitioner would give every CPU device the whole batch
         several_devices.setattr(jax, "device_count", lambda backend=None: 2)
         assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((3, 3, 32, 64), "cpu") == "xla"
+    with monkeypatch.context() as more_cores:  # oneDNN's few-input-channel convolutions scale worse than XLA's
+        more_cores.setattr(onednn, "threads_per_device", lambda: 4)
+        assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((5, 5, 6, 16), "cpu") == "banded"
+        assert lowering((3, 3, 16, 16), "cpu") == "onednn" and lowering((3, 3, 32, 64), "cpu") == "onednn"
     monkeypatch.setenv("CNNJAX_ONEDNN", "0")  # the opt-out: the rules that apply where the handler is not built
     assert lowering((5, 5, 1, 6), "cpu") == "banded" and lowering((5, 5, 6, 16), "cpu") == "banded"
     assert lowering((3, 3, 1, 32), "cpu") == "banded" and lowering((3, 3, 3, 16), "cpu") == "banded"
     assert lowering((3, 3, 16, 16), "cpu") == "xla" and lowering((3, 3, 32, 64), "cpu") == "xla"
     x, kernel = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1))
     np.testing.assert_allclose(F.conv2d(x, kernel, lowering="onednn"), F.conv2d(x, kernel))  # asked for, it runs
+
+
+def test_onednn_calls_run_on_a_devices_share_of_the_cores_up_to_eight(monkeypatch):
+    for cores, devices, threads in [(2, 1, 2), (16, 1, 8), (16, 2, 8), (16, 4, 4), (2, 4, 1)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)))
+        monkeypatch.setattr(jax, "local_device_count", lambda backend=None, devices=devices: devices)
+        assert onednn.threads_per_device() == threads, (cores, devices)
 
 
 def test_onednn_lowering_refuses_other_dtypes_and_says_why_it_is_unavailable(monkeypatch):

@@ -103,3 +103,36 @@ def test_batch_must_split_evenly_over_devices(tmp_path):
     config = small_config(tmp_path, num_devices=2)
     with pytest.raises(ValueError, match=r"config.train.num_devices=2 is invalid: this run has 1 devices"):
         train.train_and_evaluate(config, tmp_path / "run")
+
+
+SPLIT_CONV_CHECK = """
+import functools
+import jax, jax.numpy as jnp, numpy as np
+from cnnjax import functional as F, parallel
+
+mesh = parallel.make_mesh(0)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)
+kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+
+def loss(kernel, x, lowering):
+    return jnp.sum(jnp.tanh(F.conv2d(x, kernel, stride=2, padding="SAME", lowering=lowering)) ** 2)
+
+step = jax.jit(jax.value_and_grad(functools.partial(loss, lowering="onednn"), argnums=(0, 1)))
+args = parallel.replicate(kernel, mesh), parallel.shard_batch(x, mesh)
+with jax.set_mesh(mesh):
+    hlo, split = step.lower(*args).compile().as_text(), step(*args)
+expected = jax.jit(jax.value_and_grad(functools.partial(loss, lowering="xla"), argnums=(0, 1)))(kernel, x)
+jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), split, expected)
+print(jax.device_count(), hlo.count("custom_call_target=\\"cnnjax_onednn_conv\\""), "all-gather" in hlo)
+"""
+
+
+def test_onednn_convolutions_split_the_batch_over_a_mesh_of_cpu_devices():
+    """Traced under a mesh of two CPU devices, ``lowering='onednn'`` runs oneDNN's forward pass, input gradient and
+    kernel gradient on each device's half of the batch, with no all-gather of the batch before them, and gives the
+    values and gradients of XLA's convolution (the kernel gradient summed over the devices)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    run = subprocess.run([sys.executable, "-c", SPLIT_CONV_CHECK], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["2", "3", "False"]
