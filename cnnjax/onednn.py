@@ -1,8 +1,9 @@
 """oneDNN convolutions for XLA:CPU: ``functional.conv2d``'s 'onednn' lowering.
 
 XLA:CPU runs convolutions with Eigen and transposes both operands for every kernel gradient; oneDNN, the library
-PyTorch's CPU convolutions use, ran (on a 2-core CPU) the layers of LeNet, the MNIST CNN, ``cifar_cnn`` and ResNet-20 1.1-6x faster
-forward and backward than XLA, 1.1-2.5x faster than the best other lowering (bench/conv_lowering.py). cnnjax calls
+PyTorch's CPU convolutions use, ran the layers of LeNet, the MNIST CNN, ``cifar_cnn`` and ResNet-20 1.1-6x faster
+forward and backward than XLA on a 2-core CPU, 1.1-2.5x faster than the best other lowering (bench/conv_lowering.py;
+``functional.default_conv_lowering`` says where it is the default). cnnjax calls
 it through an XLA FFI custom call compiled from ``cnnjax/csrc/onednn_conv.cc`` when the package is installed
 (``setup.py``, against the ``onednn-cpu-gomp`` wheel), so it runs inside the jitted program like any other XLA
 operation: forward, input gradient and kernel gradient, each a oneDNN primitive built once per shape, and a JAX
@@ -97,8 +98,8 @@ def conv(x: jax.Array, kernel: jax.Array, stride, dilation, pads, groups: int) -
 
 def _split_by_batch(f, x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``f(x, kernel)``, run by every device on its part of the batch where JAX traces under a mesh of several devices
-    (``jax.set_mesh``, as cnnjax.train does): XLA's SPMD partitioner cannot split the custom call by itself, and would
-    give every device the whole batch to convolve. The mesh's axes together split the batch; the kernel gradient's
+    (``jax.set_mesh``): XLA's SPMD partitioner cannot split the custom call by itself, and would give every device
+    the whole batch to convolve. The mesh's axes together split the batch; the kernel gradient's
     parts are summed over them by ``shard_map``'s transpose (``check_vma=False``: the primitive does not track which
     values vary over the mesh, so its cotangent counts as varying)."""
     mesh = jax.sharding.get_abstract_mesh()
