@@ -65,7 +65,7 @@ def available() -> bool:
 
 
 # oneDNN's threads per call at most: on a 16-core x86 CPU the Flax MNIST CNN's step ran 1.22x XLA's own convolutions
-# with 8, 1.13x with 4 and 0.97x with all 16 (bench/vs_pytorch.py, the count set by hand)
+# with 8, 1.13x with 4 and 0.97x with all 16 (bench/vs_pytorch.py, run with this value edited)
 MAX_THREADS = 8
 
 
@@ -106,10 +106,8 @@ def _split_by_batch(f, x: jax.Array, kernel: jax.Array) -> jax.Array:
     manual = jax.sharding.AxisType.Manual in mesh.axis_types  # inside a shard_map: x is this device's part already
     if mesh.empty or mesh.size == 1 or manual or x.shape[0] % mesh.size:
         return f(x, kernel)
-    batch = jax.sharding.PartitionSpec(mesh.axis_names)
-    split = jax.shard_map(
-        f, mesh=mesh, in_specs=(batch, jax.sharding.PartitionSpec()), out_specs=batch, check_vma=False
-    )
+    batch, replicated = jax.sharding.PartitionSpec(mesh.axis_names), jax.sharding.PartitionSpec()
+    split = jax.shard_map(f, mesh=mesh, in_specs=(batch, replicated), out_specs=batch, check_vma=False)
     return split(x, kernel)
 
 
