@@ -12,6 +12,12 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _manager(path: Path, **options) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, **options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(path.absolute(), options=options, item_handlers=handlers)
+
+
 def _shapes(tree) -> dict[str, tuple]:
     """{'params/conv1/kernel': shape, ...} for comparing architectures."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
@@ -29,11 +35,7 @@ class Checkpoints:
 
     @staticmethod
     def _manager(path: Path, keep: int) -> ocp.CheckpointManager:
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=False, cleanup_tmp_directories=True, create=True
-        )
-        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        return ocp.CheckpointManager(path.absolute(), options=options, item_handlers=handlers)
+        return _manager(path, max_to_keep=keep, cleanup_tmp_directories=True, create=True)
 
     @staticmethod
     def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
@@ -91,3 +93,32 @@ class Checkpoints:
     def close(self) -> None:
         self.periodic.close()
         self.best.close()
+
+
+def find(path: str | Path, which: str = "best") -> tuple[Path, int]:
+    """(checkpoint manager directory, step) that ``path`` names: a run directory or its ``checkpoints/`` (its best
+    checkpoint for ``which='best'`` where it has one, else its latest periodic one), a ``best`` or ``periodic``
+    directory (its latest), or one step's directory in those. Raises a ValueError saying what was looked for."""
+    path = Path(path).expanduser()
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if path.name.isdigit() and path.is_dir():
+        return path.parent, int(path.name)
+    kinds = ["best", "periodic"] if which == "best" else ["periodic"]
+    for candidate in [path / kind for kind in kinds] + [path]:
+        if candidate.is_dir() and (step := _manager(candidate, read_only=True).latest_step()) is not None:
+            return candidate, step
+    raise ValueError(
+        f"{path} holds no finished checkpoint; name a run directory (--workdir of a run that finished at least one "
+        "epoch), its checkpoints/ folder, or one checkpoint's step folder"
+    )
+
+
+def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, str]:
+    """(params, model_state, where) of the checkpoint ``path`` names (see :func:`find`), read without a template
+    and without writing anything there; ``where`` says which checkpoint it was."""
+    directory, step = find(path, which)
+    restored = _manager(directory, read_only=True).restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )["state"]
+    return restored["params"], restored.get("model_state", {}), f"{directory} step {step}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 
 import ml_collections
 
@@ -29,11 +30,14 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.data = ml_collections.ConfigDict(
         {
-            "name": "fashion_mnist",  # a TFDS name
-            "data_dir": ml_collections.config_dict.placeholder(str),  # a directory with the original files
+            "name": "fashion_mnist",  # a TFDS name, or 'image_folder' (your own images in data_dir)
+            "data_dir": ml_collections.config_dict.placeholder(str),  # the original files, or ROOT/train/<class>/*
             "tfds_dir": ml_collections.config_dict.placeholder(
                 str
             ),  # TFDS's data directory (default ~/tensorflow_datasets)
+            "image_size": 0,  # image_folder: resize every image to image_size x image_size (0: keep)
+            "channels": 0,  # image_folder: 1 grayscale, 3 RGB (0: as decoded)
+            "test_fraction": 0.1,  # image_folder without test/: held out as the test split (split_seed)
             "batch_size": 128,
             "eval_batch_size": 1000,
             "validation_fraction": 0.1,  # held out from train, deterministically (split_seed)
@@ -81,6 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
             "checkpoint_every": 0,  # steps between extra mid-epoch checkpoints (0: only at epoch ends)
             "keep_checkpoints": 3,
             "early_stopping_patience": 0,  # evaluations without a better validation accuracy (0: never stop)
+            "init_from": ml_collections.config_dict.placeholder(str),  # warm start: a run or checkpoint directory
+            "freeze": "",  # a regex: parameters whose paths ('conv1/kernel') match are not trained
             "log_every": 50,  # steps between metric records
             "num_devices": 1,  # data parallelism over this many devices (0: all devices of all processes)
             "cpu_devices": 0,  # > 0: split the host CPU into this many devices (parallel.split_cpu; 0: JAX's one)
@@ -149,6 +155,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         not smoothing or train.loss == "cross_entropy", "train.label_smoothing", smoothing,
         f"smooths cross_entropy targets only; set it to 0 for train.loss={train.loss!r}",
     )  # fmt: skip
+    _check(data.image_size >= 0, "data.image_size", data.image_size, "must be >= 0 (0: keep each image's size)")
+    _check(data.channels in (0, 1, 3), "data.channels", data.channels, "0 (as decoded), 1 (grayscale) or 3 (RGB)")
+    _check(0.0 < data.test_fraction < 1.0, "data.test_fraction", data.test_fraction, "must be in (0, 1)")
     _check(data.zca_epsilon > 0, "data.zca_epsilon", data.zca_epsilon, "must be > 0")
     _check(train.num_epochs >= 1, "train.num_epochs", train.num_epochs, "must be >= 1")
     _check(train.cpu_devices >= 0, "train.cpu_devices", train.cpu_devices, "must be >= 0 (0: JAX's default)")
@@ -158,4 +167,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 1")
     patience = train.early_stopping_patience
     _check(patience >= 0, "train.early_stopping_patience", patience, "must be >= 0")
+    try:
+        re.compile(train.freeze)
+    except re.error as error:
+        _check(False, "train.freeze", train.freeze, f"is not a regular expression ({error})")
     _check(config.model.name in models.MODELS, "model.name", config.model.name, f"one of {sorted(models.MODELS)}")

@@ -12,9 +12,11 @@ apply it to whole NHWC shapes and raise one clear ``ValueError`` when a layer ca
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Union
 
 import jax
@@ -191,6 +193,24 @@ def pool_output_shape(
 
 
 CONV_LOWERINGS = ("xla", "patches", "banded", "onednn")
+_FORCED_LOWERING: contextvars.ContextVar[str | None] = contextvars.ContextVar("conv_lowering", default=None)
+
+
+@contextlib.contextmanager
+def conv_lowering(lowering: str) -> Iterator[None]:
+    """Makes every :func:`conv2d` traced inside the block that does not name its own ``lowering`` use ``lowering``.
+
+    ``with conv_lowering('xla'): jax.export.export(jax.jit(f))(...)`` gives a portable program: 'onednn' is an XLA
+    custom call that exists only in a process that loaded cnnjax's handler, so serialized or exported programs must
+    not contain it. Affects tracing only; a function jitted (and cached) before the block keeps its lowering.
+    """
+    if lowering not in CONV_LOWERINGS:
+        raise ValueError(f"conv_lowering: lowering must be one of {CONV_LOWERINGS}, got {lowering!r}")
+    token = _FORCED_LOWERING.set(lowering)
+    try:
+        yield
+    finally:
+        _FORCED_LOWERING.reset(token)
 
 
 def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = None, dtype=jnp.float32) -> str:
@@ -261,8 +281,9 @@ def conv2d(
     zeros leave each of a block's B outputs its own kw taps; the output (N, H_out, W_out / B, B * O) is the result,
     reshaped. More FLOPs, but a convolution over B times more channels, which XLA:CPU runs far faster when the
     input has only a few (:func:`band_block` picks B). 'onednn' runs the forward pass and both gradients as oneDNN
-    primitives inside the jitted program (CPU, float32; :mod:`cnnjax.onednn`). None picks per kernel shape, dtype
-    and backend with :func:`default_conv_lowering`.
+    primitives inside the jitted program (CPU, float32; :mod:`cnnjax.onednn`). None takes the lowering of an
+    enclosing :func:`conv_lowering` block, else picks per kernel shape, dtype and backend with
+    :func:`default_conv_lowering`.
 
     Under ``jax.vmap`` over a stack of models (cnnjax.sweep's vectorized groups) 'onednn' runs the members as the
     groups of one grouped oneDNN convolution (8 LeNets trained 1.1-1.6x faster than with one call per member). With
@@ -273,7 +294,7 @@ def conv2d(
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = explicit_padding(x.shape[1:3], kernel.shape[:2], stride, dilation, padding)
-    lowering = lowering or default_conv_lowering(kernel.shape, dtype=x.dtype)
+    lowering = lowering or _FORCED_LOWERING.get() or default_conv_lowering(kernel.shape, dtype=x.dtype)
     if lowering not in CONV_LOWERINGS:
         raise ValueError(f"conv2d: lowering must be one of {CONV_LOWERINGS} or None, got {lowering!r}")
     conv = functools.partial(_CONVS[lowering], stride=stride, dilation=dilation, pads=pads, groups=groups)

@@ -64,6 +64,10 @@ class MetricsWriter:
             if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
+    def figure(self, tag: str, figure, step: int) -> None:
+        """A matplotlib figure as a TensorBoard image (closed afterwards)."""
+        self.tensorboard.add_figure(tag, figure, step, close=True)
+
     def close(self) -> None:
         self.file.close()
         self.tensorboard.close()
@@ -73,6 +77,9 @@ class NullWriter:
     """The writer of processes other than the chief in a multi-process run: records are written once, by process 0."""
 
     def write(self, record: dict) -> None:
+        pass
+
+    def figure(self, tag: str, figure, step: int) -> None:
         pass
 
     def close(self) -> None:

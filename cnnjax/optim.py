@@ -9,6 +9,7 @@ peak 1, scaled by the learning rate. Weight decay and L2 apply to kernels (rank 
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import jax
@@ -98,19 +99,35 @@ def learning_rate_schedule(c, steps_per_epoch: int, num_epochs: int, peak: float
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), schedule], [warmup])
 
 
-def make_optimizer(c, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
-    """The optimizer the optim section ``c`` describes; ``INJECTED`` hyperparameters live in its state."""
+def parameter_path(path) -> str:
+    """A parameter's pytree path as the name users see and ``train.freeze`` matches: 'conv1/kernel'."""
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+
+
+def frozen_mask(pattern: str):
+    """params -> a tree of bools, True where the parameter's path (:func:`parameter_path`) matches the regex
+    ``pattern`` anywhere (``re.search``)."""
+    regex = re.compile(pattern)
+    return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(parameter_path(p))), params)
+
+
+def make_optimizer(c, steps_per_epoch: int, num_epochs: int, freeze: str = "") -> optax.GradientTransformation:
+    """The optimizer the optim section ``c`` describes; ``INJECTED`` hyperparameters live in its state. ``freeze``:
+    a regex (``train.freeze``); the updates of the parameters whose paths match are zero (``optax.set_to_zero``
+    on them, after weight decay), so they stay exactly as they started."""
     validate(c)
     shape = learning_rate_schedule(c, steps_per_epoch, num_epochs, peak=1.0)
 
     def chain(learning_rate, momentum, weight_decay, l2):
         clip = [optax.clip_by_global_norm(c.clip_norm)] if c.clip_norm > 0 else []
+        frozen = [optax.masked(optax.set_to_zero(), frozen_mask(freeze))] if freeze else []
         return optax.chain(
             *clip,
             optax.add_decayed_weights(l2, kernels_mask),
             CORES[c.name](c, momentum),
             optax.add_decayed_weights(weight_decay, kernels_mask),
             scale_by_scheduled_rate(learning_rate, shape),
+            *frozen,
         )
 
     return optax.inject_hyperparams(chain)(**{name: c[name] for name in INJECTED})
@@ -125,4 +142,4 @@ def with_hyperparams(opt_state, **values):
 
 def current_learning_rate(opt_state):
     """The learning rate the last update used (learning_rate x schedule)."""
-    return opt_state.inner_state[-1].learning_rate
+    return next(s for s in opt_state.inner_state if isinstance(s, ScheduledRateState)).learning_rate

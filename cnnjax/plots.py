@@ -143,11 +143,10 @@ def feature_maps(
     plt.close(figure)
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, class_names, path: str | Path, title: str) -> None:
-    """Counts of (true class, predicted class) on the test set, with class names and a colour bar."""
+def confusion_figure(matrix: np.ndarray, class_names, title: str):
+    """A figure of confusion counts (K, K) (rows: true classes, columns: predicted), with class names and a colour
+    bar; the caller saves and closes it."""
     k = len(class_names)
-    matrix = np.zeros((k, k), int)
-    np.add.at(matrix, (labels, predictions), 1)
     figure, axis = plt.subplots(figsize=(0.6 * k + 3, 0.6 * k + 2.5))
     image = axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(k), class_names, rotation=45, ha="right")
@@ -161,6 +160,15 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, class_names, p
     figure.colorbar(image, ax=axis, label="test examples")
     axis.set_title(title)
     figure.tight_layout()
+    return figure
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, class_names, path: str | Path, title: str) -> None:
+    """Counts of (true class, predicted class) on the test set, drawn by :func:`confusion_figure` into ``path``."""
+    k = len(class_names)
+    matrix = np.zeros((k, k), int)
+    np.add.at(matrix, (labels, predictions), 1)
+    figure = confusion_figure(matrix, class_names, title)
     figure.savefig(path, dpi=100)
     plt.close(figure)
 

@@ -16,17 +16,21 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax import lax
 
 from cnnjax import backend, data, metrics, models, optim, parallel, plots
 from cnnjax import config as config_lib
 from cnnjax import functional as F
+from cnnjax import checkpoint, run_card
 from cnnjax.checkpoint import Checkpoints
+from cnnjax.data.image_folder import NAME as IMAGE_FOLDER
 from cnnjax.data.pipeline import BALANCE_MODES
 
 # loss name -> (per-example loss of (outputs, labels), class scores from outputs: the argmax is the prediction)
@@ -45,11 +49,16 @@ class TrainingDiverged(RuntimeError):
 
 
 def expected_image_shape(data_config) -> tuple[int, int, int] | None:
-    """The (H, W, C) the model will see, known without loading the data for cnnjax's datasets."""
+    """The (H, W, C) the model will see, known without loading the data for cnnjax's datasets (and for an image
+    folder with ``data.image_size`` and ``data.channels`` set)."""
     spec = data.DATASETS.get(data_config.name)
-    if spec is None:
+    if spec is not None:
+        h, w, c = spec.image_shape
+    elif data_config.name == IMAGE_FOLDER and data_config.image_size and data_config.channels:
+        h = w = data_config.image_size
+        c = data_config.channels
+    else:
         return None
-    h, w, c = spec.image_shape
     return (data_config.pad_to, data_config.pad_to, c) if data_config.pad_to else (h, w, c)
 
 
@@ -88,7 +97,8 @@ def check_config(config):
     model = models.get(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
     image_shape = expected_image_shape(config.data)
     if image_shape is not None:
-        check_model(model, image_shape, data.DATASETS[config.data.name].num_classes)
+        spec = data.DATASETS.get(config.data.name)
+        check_model(model, image_shape, spec.num_classes if spec else None)
     return model
 
 
@@ -193,21 +203,39 @@ def train_step_fn(
 
 
 def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_time_views=None):
-    """The pure evaluation step (params, model_state, images, labels, batch_index, weights) -> sums (loss, correct,
-    count) of one padded batch. ``test_time_views``: images (N, H, W, C) -> a list of such arrays (e.g.
-    ``data.test_time_views``) whose outputs are averaged before the loss and the accuracy (test-time augmentation)."""
+    """The pure evaluation step (params, model_state, images, labels, batch_index, weights) -> the sums of one padded
+    batch as one vector (4 + K * K,): loss, correct, count, top-5 correct, then the confusion counts (K, K) (rows: true
+    classes, columns: predicted), each example weighted by ``weights``. ``test_time_views``: images (N, H, W, C) -> a
+    list of such arrays (e.g. ``data.test_time_views``) whose outputs are averaged before the loss and the accuracy
+    (test-time augmentation)."""
     loss_fn, scores_fn = LOSSES[loss_name]
-    dtype = jnp.dtype(compute_dtype)
-    views_of = test_time_views or (lambda images: [images])
+    outputs_of = eval_outputs_fn(model, compute_dtype, test_time_views)
 
     def eval_step(params, model_state, images, labels, batch_index, weights):
         x, y = images[batch_index], labels[batch_index]
-        variables = cast_floats({"params": params, **model_state}, dtype)
-        outputs = averaged_outputs(model, variables, [cast_floats(view, dtype) for view in views_of(x)])
-        correct = (jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32)
-        return jnp.stack([jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)])
+        outputs = outputs_of({"params": params, **model_state}, x)
+        scores = scores_fn(outputs)
+        num_classes = scores.shape[-1]
+        predicted = jnp.argmax(scores, axis=-1)
+        correct = (predicted == y).astype(jnp.float32)
+        in_top5 = jnp.any(lax.top_k(scores, min(5, num_classes))[1] == y[:, None], axis=-1).astype(jnp.float32)
+        confusion = jax.nn.one_hot(y, num_classes).T @ (jax.nn.one_hot(predicted, num_classes) * weights[:, None])
+        sums = [jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)]
+        return jnp.concatenate([jnp.stack([*sums, jnp.sum(in_top5 * weights)]), confusion.ravel()])
 
     return eval_step
+
+
+def eval_outputs_fn(model, compute_dtype: str = "float32", test_time_views=None):
+    """(variables, images (N, H, W, C)) -> the model's evaluation outputs (N, num_classes), float32, averaged over
+    ``test_time_views(images)`` (default: the images alone), computed in ``compute_dtype``."""
+    dtype = jnp.dtype(compute_dtype)
+    views_of = test_time_views or (lambda images: [images])
+
+    def outputs_of(variables, images):
+        return averaged_outputs(model, cast_floats(variables, dtype), [cast_floats(v, dtype) for v in views_of(images)])
+
+    return outputs_of
 
 
 def averaged_outputs(model, variables, views: list) -> jax.Array:
@@ -222,9 +250,10 @@ def _view_items(config) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, label_smoothing: float,
-                  augment_items: tuple, view_items: tuple, compute_dtype: str, xla: backend.XlaOptions):  # fmt: skip
+                  augment_items: tuple, view_items: tuple, compute_dtype: str, xla: backend.XlaOptions,
+                  freeze: str):  # fmt: skip
     optim_config = ml_collections.ConfigDict(dict(optim_items))
-    optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs)
+    optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs, freeze)
     augment = functools.partial(data.augment, **dict(augment_items))
     train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype, label_smoothing)
     eval_fn = eval_step_fn(model, loss, compute_dtype, functools.partial(data.test_time_views, **dict(view_items)))
@@ -248,22 +277,105 @@ def compiled_steps(config, model, steps_per_epoch: int):
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
         augment_items, _view_items(config), config.train.compute_dtype, backend.XlaOptions.of(config.train),
+        config.train.freeze,
     )  # fmt: skip
 
 
-def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> tuple[float, float]:
-    """(mean loss, accuracy) over every example of a split; the padded last batch is weighted out."""
+class Evaluation(NamedTuple):
+    """Metrics of one split: mean loss, accuracy, top-5 accuracy, confusion counts (K, K) (rows: true classes)."""
+
+    loss: float
+    accuracy: float
+    top5_accuracy: float
+    confusion: np.ndarray
+
+
+def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> Evaluation:
+    """The metrics of ``state`` over every example of a split; the padded last batch is weighted out."""
     index, weights = data.eval_batches(len(labels), batch_size)
     totals = 0.0
     for batch_index, batch_weights in zip(index, weights):
         batch_index, batch_weights = parallel.shard_batch((batch_index, batch_weights), mesh)
         totals = totals + eval_step(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
-    loss_sum, correct, count = (float(v) for v in np.asarray(totals, np.float64))
-    return loss_sum / count, correct / count
+    totals = np.asarray(totals, np.float64)
+    loss_sum, correct, count, top5 = (float(v) for v in totals[:4])
+    num_classes = math.isqrt(len(totals) - 4)
+    confusion = np.rint(totals[4:]).astype(np.int64).reshape(num_classes, num_classes)
+    return Evaluation(loss_sum / count, correct / count, top5 / count, confusion)
+
+
+def per_class_metrics(confusion: np.ndarray, class_names) -> dict[str, dict[str, float]]:
+    """{class name: {'precision', 'recall', 'f1', 'support'}} from confusion counts (K, K) (rows: true classes);
+    a ratio with nothing to count (no example predicted as, or of, a class) is 0."""
+    true_positives = np.diag(confusion).astype(np.float64)
+    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    precision = np.divide(true_positives, predicted, out=np.zeros_like(true_positives), where=predicted > 0)
+    recall = np.divide(true_positives, actual, out=np.zeros_like(true_positives), where=actual > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
+    return {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(class_names, precision, recall, f1, actual)
+    }
 
 
 def count_params(params) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def trainable_params(params, freeze: str) -> int:
+    """How many of ``params``' values train with ``train.freeze=freeze``; a pattern that matches no parameter is a
+    ValueError listing the parameter paths."""
+    if not freeze:
+        return count_params(params)
+    mask = optim.frozen_mask(freeze)(params)
+    frozen = sum(math.prod(p.shape) for p, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask))
+                 if m)  # fmt: skip
+    if not frozen:
+        paths = [optim.parameter_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise ValueError(
+            f"config.train.freeze={freeze!r} matches no parameter; the model's parameters are {', '.join(paths)}"
+        )
+    return count_params(params) - frozen
+
+
+def merge_matching(fresh, donor) -> tuple[dict, list[str]]:
+    """``fresh`` with every leaf replaced by ``donor``'s leaf of the same path and shape; returns the merged tree and
+    the descriptions of the leaves kept fresh ('Dense_2/kernel: (84, 5) here, (84, 10) in the donor')."""
+    donor_leaves = {optim.parameter_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(donor)[0]}
+    kept = []
+
+    def pick(path, leaf):
+        name = optim.parameter_path(path)
+        other = donor_leaves.get(name)
+        if other is None or tuple(other.shape) != tuple(leaf.shape):
+            kept.append(f"{name}: {tuple(leaf.shape)} here, {'absent' if other is None else tuple(other.shape)} "
+                        "in the donor")  # fmt: skip
+            return leaf
+        return jnp.asarray(other, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(pick, fresh), kept
+
+
+def warm_start(state: dict, source: str) -> tuple[dict, dict]:
+    """``state`` with the parameters and model state (batch statistics) of the checkpoint ``source`` names (a run
+    directory: its best checkpoint, else its latest; see ``checkpoint.find``) wherever their shapes agree; the
+    others keep their fresh initialization. Returns (state, a report for ``results.json``)."""
+    params, model_state, where = checkpoint.read_variables(source)
+    new_params, params_kept = merge_matching(state["params"], params)
+    new_model_state, state_kept = merge_matching(state["model_state"], model_state)
+    loaded = len(jax.tree_util.tree_leaves(new_params)) - len(params_kept)
+    if not loaded:
+        raise ValueError(
+            f"config.train.init_from={source!r}: none of {where}'s parameters fits this model (different "
+            f"architecture?): {'; '.join(params_kept[:3])}"
+        )
+    reinitialized = params_kept + state_kept
+    summary = f"warm start from {where}: {loaded} parameter arrays loaded"
+    if reinitialized:
+        summary += f"; re-initialized (shapes differ): {'; '.join(reinitialized)}"
+    report = {"source": where, "loaded": loaded, "reinitialized": reinitialized, "summary": summary}
+    return {**state, "params": new_params, "model_state": new_model_state}, report
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -343,6 +455,12 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     c = config.train
     chief = parallel.is_chief()
     splits = data.load_splits(config.data)
+    if expected_image_shape(config.data) is None or config.data.name not in data.DATASETS:
+        check_model(model, splits.image_shape, splits.num_classes)
+    if c.freeze:  # before compiling: a pattern that matches nothing is an error
+        trainable_params(models.abstract_init(model, splits.image_shape)["params"], c.freeze)
+    if chief:
+        run_card.write_or_check(workdir, config, splits)
     mesh = parallel.make_mesh(c.num_devices)
     train_images, train_labels = parallel.replicate(splits.train, mesh)
     val_images, val_labels = parallel.replicate(splits.validation, mesh)
@@ -352,18 +470,29 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
     optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch)
     state, train_key = run_state(config, model, optimizer, splits.image_shape)
-    state = parallel.replicate(state, mesh)
+    trainable = trainable_params(state["params"], c.freeze)
     checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)
     meta = {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
-    if (latest := checkpoints.latest_step()) is not None:
+    latest = checkpoints.latest_step()
+    if latest is None and c.init_from:
+        state, meta["warm_start"] = warm_start(state, c.init_from)
+        metrics.log_line(meta["warm_start"]["summary"])
+    state = parallel.replicate(state, mesh)
+    if latest is not None:
         state, meta = checkpoints.restore(latest, state)
         metrics.log_line(f"resuming from the checkpoint at step {latest} in {workdir}")
     writer = metrics.MetricsWriter(workdir, int(state["step"])) if chief else metrics.NullWriter()
+    frozen = f", {trainable:,} trainable (train.freeze={c.freeze!r})" if c.freeze else ""
     metrics.log_line(
-        f"{config.model.name} ({count_params(state['params']):,} params) on {config.data.name}: "
+        f"{config.model.name} ({count_params(state['params']):,} params{frozen}) on {config.data.name}: "
         f"{len(splits.train[1]):,} train / {len(splits.validation[1]):,} validation / {len(splits.test[1]):,} test, "
         f"{steps_per_epoch} steps per epoch on {mesh.size} device(s); run directory {workdir}"
     )
+    if latest is None and c.init_from and has_validation:
+        start = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh)
+        meta["warm_start"].update(val_loss=start.loss, val_accuracy=start.accuracy)
+        writer.write({"kind": "warm_start", "step": 0, "val_loss": start.loss, "val_accuracy": start.accuracy})
+        metrics.log_line(f"warm start: validation accuracy {100 * start.accuracy:.2f}% before training")
     step, first_step_s = int(state["step"]), None
     for epoch in range(step // steps_per_epoch, c.num_epochs):
         if meta["stopped_early"]:
@@ -414,9 +543,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
             "images_per_sec": (steps_per_epoch - offset) * batch_size / epoch_time,
         }
         if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs):
-            epoch_record["val_loss"], epoch_record["val_accuracy"] = evaluate(
-                eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh
-            )
+            val = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh)
+            epoch_record.update(val_loss=val.loss, val_accuracy=val.accuracy, val_top5_accuracy=val.top5_accuracy)
             _early_stopping(meta, epoch_record, c.early_stopping_patience)
             if epoch_callback is not None:
                 epoch_callback(epoch + 1, epoch_record["val_accuracy"])
@@ -427,37 +555,47 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         checkpoints.save(step, state, meta)
     best = checkpoints.restore_best(state) if has_validation else None
     final_state = best[0] if best is not None else state
-    test_loss, test_accuracy = evaluate(
-        eval_step, final_state, test_images, test_labels, config.data.eval_batch_size, mesh
-    )
-    writer.write({"kind": "test", "step": step, "test_loss": test_loss, "test_accuracy": test_accuracy})
+    test = evaluate(eval_step, final_state, test_images, test_labels, config.data.eval_batch_size, mesh)
+    writer.write({"kind": "test", "step": step, "test_loss": test.loss, "test_accuracy": test.accuracy,
+                  "test_top5_accuracy": test.top5_accuracy})  # fmt: skip
+    title = f"{config.model.name} on {config.data.name}"
+    if chief:
+        accuracy_title = f"{title}: test accuracy {100 * test.accuracy:.2f}%"
+        writer.figure("test/confusion_matrix", plots.confusion_figure(test.confusion, splits.class_names,
+                                                                      accuracy_title), step)  # fmt: skip
     writer.close()
     checkpoints.close()
     records = metrics.read_records(workdir / "metrics.jsonl")
     epoch_records = [r for r in records if r["kind"] == "epoch"]  # also those of the processes before a resume
     train_time = sum(r["elapsed_s"] for r in epoch_records)
     if chief:
-        title = f"{config.model.name} on {config.data.name}"
         plots.learning_curves(records, workdir / "learning_curves.png", title=title)
     results = {
         "status": "done",
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
+        "top5_accuracy": test.top5_accuracy,
+        "confusion_matrix": test.confusion.tolist(),
+        "per_class": per_class_metrics(test.confusion, splits.class_names),
+        "class_names": list(splits.class_names),
         "val_accuracy": meta["best_val_accuracy"] if has_validation else None,
         "best_epoch": meta["best_epoch"] if has_validation else c.num_epochs,
         "epochs": step // steps_per_epoch,
         "stopped_early": meta["stopped_early"],
         "steps": step,
         "params": count_params(final_state["params"]),
+        "trainable_params": trainable,
         "train_time_s": train_time,
         "images_per_sec": sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
         "time_to_first_step_s": first_step_s,
         "wall_time_s": time.time() - started,
     }
+    if "warm_start" in meta:
+        results["warm_start"] = meta["warm_start"]
     if chief:
         metrics.write_json(workdir / "results.json", results)
     metrics.log_line(
-        f"test accuracy {100 * test_accuracy:.2f}% (best epoch {results['best_epoch']}), "
+        f"test accuracy {100 * test.accuracy:.2f}% (best epoch {results['best_epoch']}), "
         f"{results['wall_time_s']:.0f} s in all; results in {workdir / 'results.json'}"
     )
     return results

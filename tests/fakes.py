@@ -45,3 +45,23 @@ def make_cifar10_python(directory: Path, per_batch: int = 20, n_test: int = 20, 
         images = learnable_images(labels, (32, 32, 3), rng)
         batch = {b"data": images.transpose(0, 3, 1, 2).reshape(n, 3072), b"labels": labels.tolist()}
         (out / name).write_bytes(pickle.dumps(batch))
+
+
+def make_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, class_names, split: str = "train") -> None:
+    """Writes uint8 images (N, H, W, C) as PNG files root/split/<class name>/<index>.png."""
+    from PIL import Image
+
+    for index, (image, label) in enumerate(zip(images, labels)):
+        folder = root / split / class_names[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(folder / f"{index:05d}.png")
+
+
+def make_learnable_folder(root: Path, n_train: int = 120, n_test: int = 30, classes: int = 4, seed: int = 0) -> tuple:
+    """A learnable 28x28 grayscale image folder with train/ and test/ splits; returns the class names."""
+    rng = np.random.default_rng(seed)
+    names = tuple(f"class_{c}" for c in range(classes))
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % classes
+        make_image_folder(root, learnable_images(labels * (10 // classes), (28, 28, 1), rng), labels, names, split)
+    return names

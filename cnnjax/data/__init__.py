@@ -1,12 +1,14 @@
 """Datasets by their TFDS names, offline sources, preprocessing, augmentation and batching.
 
 ``load(name, split)`` gives a raw split as NumPy arrays (uint8 NHWC images, int64 labels); ``load_splits(config)``
-the preprocessed train / validation / test splits of an experiment's ``data`` config section; ``train_batches`` and
+the preprocessed train / validation / test splits of an experiment's ``data`` config section (a TFDS dataset or
+your own folder of images, :mod:`cnnjax.data.image_folder`) and their fitted ``Preprocessing``; ``train_batches`` and
 ``eval_batches`` the index arrays a training loop gathers its batches with; ``augment`` the on-device augmentations.
 """
 
 from cnnjax.data.augmentation import augment, random_crop, random_flip, random_translate, test_time_views
-from cnnjax.data.pipeline import Splits, eval_batches, load_splits, steps_per_epoch, train_batches
+from cnnjax.data.image_folder import IMAGE_SUFFIXES
+from cnnjax.data.pipeline import Preprocessing, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
 from cnnjax.data.sources import DATASETS, DataError, DatasetSpec
 from cnnjax.data.tfds_builders import load, prepare
 
@@ -14,6 +16,8 @@ __all__ = [
     "DATASETS",
     "DataError",
     "DatasetSpec",
+    "IMAGE_SUFFIXES",
+    "Preprocessing",
     "Splits",
     "augment",
     "eval_batches",

@@ -8,23 +8,29 @@ would. Preprocessing statistics (mean/std, ZCA) are fitted on the training split
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
+from absl import logging
 
+from cnnjax.data import image_folder
 from cnnjax.data.sources import DATASETS, DataError
-from cnnjax.data.tfds_builders import load
+from cnnjax.data.tfds_builders import default_tfds_dir, load
 
 BALANCE_MODES = ("none", "undersample", "oversample")
 
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Preprocessed float32 NHWC images and int32 labels per split, plus what describes them."""
+    """Preprocessed float32 NHWC images and int32 labels per split, plus what describes them: the class names, the
+    fitted preprocessing, and the (H, W, C) of the uint8 images it takes."""
 
     train: tuple[np.ndarray, np.ndarray]
     validation: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    input_shape: tuple[int, int, int]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -35,13 +41,15 @@ class Splits:
         return len(self.class_names)
 
 
-def validation_count(num_examples: int, *, fraction: float, size: int = 0) -> int:
-    """How many training examples to hold out: ``size`` if > 0, else ``round(fraction * num_examples)``."""
+def validation_count(num_examples: int, *, fraction: float, size: int = 0, keys: str | None = None) -> int:
+    """How many examples to hold out: ``size`` if > 0, else ``round(fraction * num_examples)``. ``keys``: the config
+    keys the error names (default the validation split's)."""
     count = size if size > 0 else int(round(fraction * num_examples))
     if not 0 <= count < num_examples or not 0.0 <= fraction < 1.0:
+        keys = keys or f"data.validation_fraction={fraction} / data.validation_size={size}"
         raise ValueError(
-            f"data.validation_fraction={fraction} / data.validation_size={size} would hold out {count} of the "
-            f"{num_examples} training examples; choose a fraction in [0, 1) or a size below {num_examples}"
+            f"{keys} would hold out {count} of the {num_examples} examples; choose a fraction in [0, 1) or a "
+            f"size below {num_examples}"
         )
     return count
 
@@ -113,21 +121,85 @@ def fit_zca(images: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]
     return mean, (eigenvectors * (1.0 / np.sqrt(np.maximum(eigenvalues, 0.0) + epsilon))) @ eigenvectors.T
 
 
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """uint8 images (N, H, W, C) -> float32 model inputs, with statistics fitted on a training split: zero-padding
+    to ``pad_to`` x ``pad_to`` (0: none), then ``x * scale + shift`` per channel (``scale``, ``shift``: (C,), the
+    [0, 1] scaling and standardization folded together) or, with ``zca_matrix``, ZCA whitening of the [0, 1] images
+    ``(x - zca_mean) @ zca_matrix`` (D = H * W * C after padding: (D,), (D, D)).
+
+    What a run saves (``arrays``) to preprocess new images exactly as its training and evaluation did."""
+
+    pad_to: int = 0
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    zca_mean: np.ndarray | None = None
+    zca_matrix: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, train: np.ndarray, config) -> Preprocessing:
+        """Fits on a uint8 training split (N, H, W, C) as the data section ``config`` asks (keys pad_to,
+        standardize, zca, zca_epsilon)."""
+        padded = pad_images(train, config.pad_to) if config.pad_to else train
+        if config.zca:
+            mean, matrix = fit_zca(padded.astype(np.float32) / 255.0, config.zca_epsilon)
+            return cls(config.pad_to, zca_mean=mean, zca_matrix=matrix)
+        scale, shift = np.full(train.shape[-1], 1 / 255.0), np.zeros(train.shape[-1])
+        if config.standardize:
+            mean, std = fit_standardize(padded)
+            scale, shift = scale / np.maximum(std, 1e-8), -mean / np.maximum(std, 1e-8)
+        return cls(config.pad_to, scale.astype(np.float32), shift.astype(np.float32))
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """The float32 model inputs of uint8 images (N, H, W, C)."""
+        x = pad_images(images, self.pad_to) if self.pad_to else images
+        if self.zca_matrix is not None:
+            flat = (x.astype(np.float32) / 255.0).reshape(len(x), -1)
+            return ((flat - self.zca_mean) @ self.zca_matrix).astype(np.float32).reshape(x.shape)
+        return _affine(x, self.scale, self.shift)
+
+    def jax_fn(self):
+        """The same mapping as a jittable function of uint8 (N, H, W, C) with a symbolic-friendly batch size (for
+        export); float32 statistics, so it agrees with ``__call__`` to float32 rounding."""
+        import jax.numpy as jnp
+
+        arrays = {k: jnp.asarray(v, jnp.float32) for k, v in self.arrays().items()}
+
+        def preprocess(images):
+            x = images
+            if self.pad_to:
+                h, w = images.shape[1:3]
+                top, left = (self.pad_to - h) // 2, (self.pad_to - w) // 2
+                x = jnp.pad(x, ((0, 0), (top, self.pad_to - h - top), (left, self.pad_to - w - left), (0, 0)))
+            x = x.astype(jnp.float32)
+            if self.zca_matrix is not None:
+                flat = (x / 255.0).reshape(x.shape[0], -1)
+                return ((flat - arrays["zca_mean"]) @ arrays["zca_matrix"]).reshape(x.shape)
+            return x * arrays["scale"] + arrays["shift"]
+
+        return preprocess
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted statistics by name (for saving)."""
+        names = ("scale", "shift", "zca_mean", "zca_matrix")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def describe(self) -> dict:
+        """The JSON description of this preprocessing: its kind, pad_to and a digest of its statistics."""
+        digest = hashlib.sha256()
+        for name, array in sorted(self.arrays().items()):
+            digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
+        kind = "zca" if self.zca_matrix is not None else "affine"
+        return {"kind": kind, "pad_to": self.pad_to, "sha256": digest.hexdigest()}
+
+
 def preprocess(train: np.ndarray, others: list[np.ndarray], config) -> list[np.ndarray]:
     """Pads uint8 images, scales them to [0, 1], then standardizes or ZCA-whitens with statistics of ``train``.
 
     Returns the float32 arrays [train, *others].
     """
-    arrays = [pad_images(x, config.pad_to) if config.pad_to else x for x in (train, *others)]
-    if config.zca:
-        arrays = [x.astype(np.float32) / 255.0 for x in arrays]
-        mean, matrix = fit_zca(arrays[0], config.zca_epsilon)
-        return [((x.reshape(len(x), -1) - mean) @ matrix).astype(np.float32).reshape(x.shape) for x in arrays]
-    scale, shift = np.full(train.shape[-1], 1 / 255.0), np.zeros(train.shape[-1])
-    if config.standardize:
-        mean, std = fit_standardize(arrays[0])
-        scale, shift = scale / np.maximum(std, 1e-8), -mean / np.maximum(std, 1e-8)
-    return [_affine(x, scale.astype(np.float32), shift.astype(np.float32)) for x in arrays]
+    fitted = Preprocessing.fit(train, config)
+    return [fitted(x) for x in (train, *others)]
 
 
 def _affine(images: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -138,25 +210,57 @@ def _affine(images: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndar
     return result
 
 
+def load_raw(config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[str, ...]]:
+    """The raw (train, test, class names) of a ``data`` config section: uint8 NHWC images and int64 labels.
+
+    An image folder without ``test/`` has ``data.test_fraction`` of its images held out as its test split
+    (deterministically, from ``data.split_seed``)."""
+    if config.name == image_folder.NAME:
+        if config.data_dir is None:
+            raise DataError(
+                "data.name='image_folder' reads your own images: set --config.data.data_dir=ROOT, a folder "
+                "holding train/<class>/ image folders (and optionally test/<class>/)"
+            )
+        folder = image_folder.load(
+            config.data_dir, image_size=config.image_size, channels=config.channels,
+            cache_dir=config.tfds_dir or default_tfds_dir(),
+        )  # fmt: skip
+        if folder.skipped:
+            logging.warning("%s: skipped %d files that are not images (PNG, JPEG, BMP, GIF)", config.data_dir,
+                            folder.skipped)  # fmt: skip
+        if folder.test is not None:
+            return folder.train, folder.test, folder.class_names
+        images, labels = folder.train
+        count = validation_count(len(labels), fraction=config.test_fraction, keys=f"data.test_fraction={config.test_fraction}")
+        train, test = split_validation(images, labels, count, [config.split_seed, 1])
+        return train, test, folder.class_names
+    train = load(config.name, "train", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
+    test = load(config.name, "test", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
+    spec = DATASETS.get(config.name)
+    num_classes = int(max(y.max(initial=0) for y in (train[1], test[1]))) + 1
+    return train, test, spec.class_names if spec else tuple(str(c) for c in range(num_classes))
+
+
 def load_splits(config) -> Splits:
     """The train / validation / test splits an experiment's ``data`` config section describes.
 
-    Keys: name, data_dir, tfds_dir, validation_fraction, validation_size, split_seed, balance, pad_to, standardize,
-    zca, zca_epsilon.
+    Keys: name, data_dir, tfds_dir, image_size, channels, test_fraction, validation_fraction, validation_size,
+    split_seed, balance, pad_to, standardize, zca, zca_epsilon.
     """
-    train_images, train_labels = load(config.name, "train", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
-    test_images, test_labels = load(config.name, "test", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
+    (train_images, train_labels), (test_images, test_labels), class_names = load_raw(config)
     count = validation_count(len(train_images), fraction=config.validation_fraction, size=config.validation_size)
     (train_images, train_labels), (val_images, val_labels) = split_validation(
         train_images, train_labels, count, config.split_seed
     )
     train_images, train_labels = balance_classes(train_images, train_labels, config.balance, config.split_seed)
-    train_images, val_images, test_images = preprocess(train_images, [val_images, test_images], config)
+    input_shape = tuple(int(d) for d in train_images.shape[1:])
+    preprocessing = Preprocessing.fit(train_images, config)
+    train_images, val_images, test_images = (preprocessing(x) for x in (train_images, val_images, test_images))
     labels = [y.astype(np.int32) for y in (train_labels, val_labels, test_labels)]
-    spec = DATASETS.get(config.name)
-    num_classes = int(max(y.max(initial=0) for y in labels)) + 1
-    class_names = spec.class_names if spec else tuple(str(c) for c in range(num_classes))
-    return Splits((train_images, labels[0]), (val_images, labels[1]), (test_images, labels[2]), tuple(class_names))
+    return Splits(
+        (train_images, labels[0]), (val_images, labels[1]), (test_images, labels[2]), tuple(class_names),
+        preprocessing, input_shape,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
