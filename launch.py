@@ -3,6 +3,8 @@
     python launch.py --experiment=NAME [--config.SECTION.KEY=VALUE ...] [--workdir=DIR] [--summary]
     python launch.py --experiment=NAME --sweep[=SWEEP] [--sweep_executor=auto|vectorized|sequential] [--sweep_trial=N]
     python launch.py --experiment=NAME --sweep[=SWEEP] --study_storage=URL   # one Optuna worker; start several
+    python launch.py --workdir=RUN --predict=PATH [--predict=PATH ...] [--predict_out=DIR]   # classify images
+    python launch.py --workdir=RUN --export=DIR   # DIR/model.jax (jax.export) and DIR/model.json
 
 Runs ``experiments/NAME.py:get_config()`` through ``cnnjax.train.train_and_evaluate``, or its sweep (``sweeps()``)
 through ``cnnjax.sweep``. Re-running with the same ``--workdir`` resumes a run or a sweep.
@@ -39,6 +41,11 @@ flags.DEFINE_bool(
     "maps, the confusion matrix and misclassified examples into the run directory",
 )
 flags.DEFINE_integer("visualize_image", 0, "the test image whose feature maps --visualize draws")
+flags.DEFINE_multi_string("predict", None, "classify these image files, folders or glob patterns with the trained run "
+                          "in --workdir (its best checkpoint); repeatable")  # fmt: skip
+flags.DEFINE_string("predict_out", None, "where --predict writes predictions.csv (default: the run directory)")
+flags.DEFINE_string("export", None, "export the trained run in --workdir to this directory: model.jax (a serialized "
+                    "jax.export program, uint8 images -> class probabilities) and model.json")  # fmt: skip
 flags.DEFINE_string("sweep", None, "run the experiment's sweep of this name ('default': its first)")
 flags.DEFINE_enum(
     "sweep_executor",
@@ -73,8 +80,9 @@ def load_config(argv: list[str]):
     from cnnjax.config import base_config, closest_keys, flat_keys
 
     name = flag_value(argv, "experiment")
-    if name is None and HELP_FLAGS.intersection(argv):
-        return base_config()  # for the flags' help: every experiment's config has these keys
+    uses_a_run = any(arg.startswith(("--predict", "--export")) for arg in argv)
+    if name is None and (HELP_FLAGS.intersection(argv) or uses_a_run):
+        return base_config()  # for the flags' help and for using a trained run: every config has these keys
     if name not in available_experiments():
         sys.exit(f"{'--experiment is required' if name is None else f'unknown experiment {name!r}'}; "
                  f"available: {', '.join(available_experiments())}")  # fmt: skip
@@ -99,6 +107,12 @@ def main(argv):
 
     from cnnjax import parallel
 
+    if FLAGS.predict or FLAGS.export:
+        try:
+            use_trained_run()
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        return
     config = FLAGS.config
     if FLAGS.coordinator_address:
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -121,6 +135,37 @@ def main(argv):
                     print(f"{name}: {path}")
     except (train.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {error}")
+
+
+def use_trained_run() -> None:
+    """--predict: one line per image with its likeliest classes, and predictions.csv; --export: model.jax/json."""
+    import csv
+
+    import cnnjax
+    from cnnjax import inference
+
+    if not FLAGS.workdir:
+        raise ValueError("--predict and --export use a trained run: name its directory with --workdir=RUN")
+    paths = inference.expand_paths(FLAGS.predict) if FLAGS.predict else []  # before loading anything
+    predictor = cnnjax.load(FLAGS.workdir)
+    if paths:
+        probabilities, classes = predictor.top_k([str(p) for p in paths], k=5)
+        out = Path(FLAGS.predict_out or FLAGS.workdir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "predictions.csv", "w", newline="") as file:
+            table = csv.writer(file)
+            table.writerow(["path", "class", "probability", "top5"])
+            for path, p, k in zip(paths, probabilities, classes):
+                names = [predictor.class_names[i] for i in k]
+                top = ", ".join(f"{name} {100 * q:.1f}%" for name, q in zip(names[:3], p[:3]))
+                print(f"{path}: {top}")
+                table.writerow([path, names[0], f"{p[0]:.6f}", " ".join(f"{n}:{q:.6f}" for n, q in zip(names, p))])
+        print(f"{len(paths)} predictions in {out / 'predictions.csv'}")
+    if FLAGS.export:
+        description = predictor.export(FLAGS.export)
+        size = (Path(FLAGS.export) / "model.jax").stat().st_size
+        print(f"exported {predictor.source} to {Path(FLAGS.export) / 'model.jax'} ({size / 1e6:.1f} MB, "
+              f"{', '.join(description['platforms'])}) and model.json")  # fmt: skip
 
 
 def run_sweep(config) -> None:

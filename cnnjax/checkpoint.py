@@ -106,7 +106,7 @@ def find(path: str | Path, which: str = "best") -> tuple[Path, int]:
         return path.parent, int(path.name)
     kinds = ["best", "periodic"] if which == "best" else ["periodic"]
     for candidate in [path / kind for kind in kinds] + [path]:
-        if candidate.is_dir() and (step := _manager(candidate, read_only=True).latest_step()) is not None:
+        if candidate.is_dir() and (step := _manager(candidate, create=False).latest_step()) is not None:
             return candidate, step
     raise ValueError(
         f"{path} holds no finished checkpoint; name a run directory (--workdir of a run that finished at least one "
@@ -118,7 +118,7 @@ def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, s
     """(params, model_state, where) of the checkpoint ``path`` names (see :func:`find`), read without a template
     and without writing anything there; ``where`` says which checkpoint it was."""
     directory, step = find(path, which)
-    restored = _manager(directory, read_only=True).restore(
+    restored = _manager(directory, create=False).restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
     )["state"]
     return restored["params"], restored.get("model_state", {}), f"{directory} step {step}"

@@ -64,8 +64,8 @@ def read(workdir: str | Path) -> tuple[dict, Preprocessing]:
     """(card, preprocessing) of a run directory; a ValueError saying why when the run cannot be used for inference."""
     workdir = Path(workdir)
     path = workdir / CARD
-    if not workdir.is_dir():
-        raise ValueError(f"{workdir} is not a run directory; pass the --workdir of a training run")
+    if not (workdir / "config.json").is_file():
+        raise ValueError(f"{workdir} is not a run directory (it has no config.json); pass the --workdir of a training run")
     if not path.exists():
         raise ValueError(
             f"{workdir} has no {CARD}: the run was written before runs kept their preprocessing and class names, so "
