@@ -202,7 +202,8 @@ def conv_lowering(lowering: str) -> Iterator[None]:
 
     ``with conv_lowering('xla'): jax.export.export(jax.jit(f))(...)`` gives a portable program: 'onednn' is an XLA
     custom call that exists only in a process that loaded cnnjax's handler, so serialized or exported programs must
-    not contain it. Affects tracing only; a function jitted (and cached) before the block keeps its lowering.
+    not contain it. It acts when a function is traced: JAX caches traces per function, so trace a function in the
+    block that was not traced outside it (and the other way round), e.g. a new ``jax.jit(lambda ...)``.
     """
     if lowering not in CONV_LOWERINGS:
         raise ValueError(f"conv_lowering: lowering must be one of {CONV_LOWERINGS}, got {lowering!r}")

@@ -428,6 +428,9 @@ def train_and_evaluate(config, workdir: str | Path, epoch_callback=None) -> dict
     results_path = workdir / "results.json"
     if _finished_with(workdir, config):
         metrics.log_line(f"{workdir} holds this finished run; its results stand (use a new --workdir to train again)")
+        if parallel.is_chief() and not (workdir / run_card.CARD).exists():  # a run from before cards
+            run_card.write_or_check(workdir, config, data.load_splits(config.data))
+            metrics.log_line(f"wrote {workdir / run_card.CARD}: the run can now be used for prediction")
         return json.loads(results_path.read_text())
     if parallel.is_chief():
         metrics.write_json(workdir / "config.json", config.to_dict())

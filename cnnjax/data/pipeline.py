@@ -175,7 +175,7 @@ class Preprocessing:
             if self.zca_matrix is not None:
                 flat = (x / 255.0).reshape(x.shape[0], -1)
                 return ((flat - arrays["zca_mean"]) @ arrays["zca_matrix"]).reshape(x.shape)
-            return x * arrays["scale"] + arrays["shift"]
+            return x * arrays["scale"].reshape(1, 1, 1, -1) + arrays["shift"].reshape(1, 1, 1, -1)
 
         return preprocess
 
