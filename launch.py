@@ -46,6 +46,7 @@ flags.DEFINE_multi_string("predict", None, "classify these image files, folders 
 flags.DEFINE_string("predict_out", None, "where --predict writes predictions.csv (default: the run directory)")
 flags.DEFINE_string("export", None, "export the trained run in --workdir to this directory: model.jax (a serialized "
                     "jax.export program, uint8 images -> class probabilities) and model.json")  # fmt: skip
+flags.DEFINE_bool("export_onnx", False, "--export also writes model.onnx (needs pip install 'cnnjax[onnx]')")
 flags.DEFINE_string("sweep", None, "run the experiment's sweep of this name ('default': its first)")
 flags.DEFINE_enum(
     "sweep_executor",
@@ -118,11 +119,21 @@ def main(argv):
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     parallel.split_cpu(config.train.cpu_devices)  # before JAX's first operation
     if FLAGS.summary:
-        shape = train.expected_image_shape(config.data)
+        shape = train.expected_image_shape(config.data)  # image folders: with data.image_size and data.channels
         if shape is None:
-            sys.exit(f"--summary needs the input shape of data.name={config.data.name!r}, which is not known offline")
+            known = ("; set --config.data.image_size and --config.data.channels" if config.data.name == "image_folder"
+                     else ", which is not known offline")  # fmt: skip
+            sys.exit(f"--summary needs the input shape of data.name={config.data.name!r}{known}")
         model = models.get(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
         print(summary.format_summary(summary.summarize(model, shape)))
+        if config.train.freeze:
+            params = models.abstract_init(model, shape)["params"]
+            try:
+                trainable = train.trainable_params(params, config.train.freeze)
+            except ValueError as error:
+                sys.exit(f"error: {error}")
+            print(f"with train.freeze={config.train.freeze!r}: {trainable:,} of {train.count_params(params):,} "
+                  "parameters train")  # fmt: skip
         return
     try:
         if FLAGS.sweep:
@@ -162,9 +173,10 @@ def use_trained_run() -> None:
                 table.writerow([path, names[0], f"{p[0]:.6f}", " ".join(f"{n}:{q:.6f}" for n, q in zip(names, p))])
         print(f"{len(paths)} predictions in {out / 'predictions.csv'}")
     if FLAGS.export:
-        description = predictor.export(FLAGS.export)
-        size = (Path(FLAGS.export) / "model.jax").stat().st_size
-        print(f"exported {predictor.source} to {Path(FLAGS.export) / 'model.jax'} ({size / 1e6:.1f} MB, "
+        description = predictor.export(FLAGS.export, onnx=FLAGS.export_onnx)
+        sizes = ", ".join(f"{name} {(Path(FLAGS.export) / name).stat().st_size / 1e6:.2f} MB"
+                          for name in description["files"])  # fmt: skip
+        print(f"exported {predictor.source} to {FLAGS.export}: {sizes} (model.jax for "
               f"{', '.join(description['platforms'])}) and model.json")  # fmt: skip
 
 

@@ -5,9 +5,15 @@ The PyTorch twins of these models are in bench/vs_pytorch.py.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -108,3 +114,34 @@ def interleaved_medians(runs: dict[str, Callable[[], None]], rounds: int) -> dic
             run()
             times[label].append(time.perf_counter() - start)
     return {label: statistics.median(seconds) for label, seconds in times.items()}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), e.g. 'AMD EPYC 7B13', or the platform's processor string."""
+    try:
+        return re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Writes ``bench/results/<name>-<cpu>.json``: ``result`` with the hardware, versions, commit and date."""
+    import jaxlib
+
+    cpu = cpu_name()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {
+        "benchmark": name,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+        **result,
+    }
+    path = Path(__file__).resolve().parent / "results" / f"{name}-{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

@@ -7,6 +7,8 @@
 
     exported = jax.export.deserialize(open("model.jax", "rb").read())
     probabilities = exported.call(images)  # uint8 (N, H, W, C) -> float32 (N, num_classes)
+
+and, with ``onnx=True`` (the ``onnx`` extra), ``model.onnx`` for onnxruntime and other ONNX runtimes.
 """
 
 from __future__ import annotations
@@ -150,23 +152,37 @@ class Predictor:
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(probabilities, order, axis=1), order
 
-    def export(self, directory: str | Path, platforms=EXPORT_PLATFORMS) -> dict:
-        """Writes ``directory/model.jax`` (see the module docstring) and ``directory/model.json`` (class names, input
-        shape and dtype, platforms); returns the latter's content. Convolutions are traced with the portable 'xla'
-        lowering (``functional.conv_lowering``); the program is lowered for every platform in ``platforms`` this JAX
-        can lower for, the CPU at least."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def serving_fn(self):
+        """uint8 images (N, H, W, C) -> class probabilities (N, K), with the preprocessing and the weights inside."""
         preprocess, probabilities = self.preprocessing.jax_fn(), self.probabilities_fn()
         variables = jax.tree_util.tree_map(jnp.asarray, self.variables)
-        serve = jax.jit(lambda images: probabilities(variables, preprocess(images)))
+        return lambda images: probabilities(variables, preprocess(images))
+
+    def export(self, directory: str | Path, platforms=EXPORT_PLATFORMS, onnx: bool = False) -> dict:
+        """Writes ``directory/model.jax`` (see the module docstring), ``directory/model.json`` (class names, input
+        shape and dtype, platforms) and with ``onnx`` ``directory/model.onnx`` (through jax2onnx: ``pip install
+        'cnnjax[onnx]'``); returns model.json's content. Convolutions are traced with the portable 'xla' lowering
+        (``functional.conv_lowering``); model.jax is lowered for every platform in ``platforms`` this JAX can lower
+        for, the CPU at least."""
+        if onnx:
+            try:
+                import jax2onnx
+            except ImportError:
+                raise ValueError("ONNX export needs jax2onnx and onnxruntime: pip install 'cnnjax[onnx]'") from None
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         (batch,) = jax.export.symbolic_shape("batch")
         spec = jax.ShapeDtypeStruct((batch, *self.input_shape), jnp.uint8)
         with F.conv_lowering("xla"):
+            serve = jax.jit(self.serving_fn())
             try:
                 exported = jax.export.export(serve, platforms=tuple(platforms))(spec)
             except Exception:  # noqa: BLE001 - a platform this jaxlib cannot lower for: the CPU alone
                 exported = jax.export.export(serve, platforms=("cpu",))(spec)
+            if onnx:
+                model = jax2onnx.to_onnx(self.serving_fn(), [spec], model_name="cnnjax", input_names=["images"],
+                                         output_names=["probabilities"])  # fmt: skip
+                (directory / "model.onnx").write_bytes(model.SerializeToString())
         (directory / "model.jax").write_bytes(exported.serialize())
         description = {
             "class_names": list(self.class_names),
@@ -174,6 +190,7 @@ class Predictor:
             "input_dtype": "uint8",
             "output": "float32 class probabilities (batch, num_classes)",
             "platforms": list(exported.platforms),
+            "files": ["model.jax", *(["model.onnx"] if onnx else [])],
             "source": self.source,
             "usage": "jax.export.deserialize(open('model.jax', 'rb').read()).call(images)",
         }
