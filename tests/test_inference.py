@@ -141,6 +141,19 @@ def test_export_runs_without_cnnjax_or_flax_and_agrees_with_predict(trained, tmp
     np.testing.assert_allclose(out[40:], expected[:3], atol=1e-5)  # the batch dimension is symbolic
 
 
+def test_onnx_export_agrees_with_predict_under_onnxruntime(trained, tmp_path):
+    import onnxruntime
+
+    run, _, folder = trained
+    predictor = cnnjax.load(run)
+    assert predictor.export(tmp_path, onnx=True)["files"] == ["model.jax", "model.onnx"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    images = np.stack([np.asarray(Image.open(f))[..., None] for f in sorted((folder / "test").rglob("*.png"))])
+    for batch in (images, images[:1]):
+        (probabilities,) = session.run(["probabilities"], {"images": batch})
+        np.testing.assert_allclose(probabilities, predictor.predict(batch), atol=1e-4)
+
+
 def test_conv_lowering_block_makes_programs_portable():
     x, kernel = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
     with F.conv_lowering("xla"):
