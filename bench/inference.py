@@ -44,7 +44,11 @@ def main() -> None:
     cached_s = time.perf_counter() - start
 
     config = base_config()
-    config.data.name, config.data.data_dir, config.data.tfds_dir = "image_folder", str(work / "folder"), str(work / "cache")
+    config.data.name, config.data.data_dir, config.data.tfds_dir = (
+        "image_folder",
+        str(work / "folder"),
+        str(work / "cache"),
+    )
     config.train.num_epochs = 1
     train.train_and_evaluate(config, work / "run")
     predictor = cnnjax.load(work / "run")
@@ -66,7 +70,9 @@ def main() -> None:
         agreement["model.onnx"] = float(np.abs(session.run(None, {"images": thousand})[0] - expected).max())
     sizes = {p.name: p.stat().st_size for p in (work / "export").iterdir()}
     print(f"prepare {args.images:,} PNGs: {prepare_s:.2f} s (from the cache: {cached_s:.3f} s)")
-    print(f"predict: 1 image {1000 * medians['predict 1']:.1f} ms, 1,000 images {1000 * medians['predict 1000']:.0f} ms")
+    print(
+        f"predict: 1 image {1000 * medians['predict 1']:.1f} ms, 1,000 images {1000 * medians['predict 1000']:.0f} ms"
+    )
     print(f"export sizes {sizes}; largest probability difference from predict {agreement}")
     path = workloads.write_result(
         "inference",

@@ -141,7 +141,11 @@ def write_result(name: str, result: dict) -> Path:
         "date": time.strftime("%Y-%m-%d"),
         **result,
     }
-    path = Path(__file__).resolve().parent / "results" / f"{name}-{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}.json"
+    path = (
+        Path(__file__).resolve().parent
+        / "results"
+        / f"{name}-{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}.json"
+    )
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

@@ -65,7 +65,9 @@ def read(workdir: str | Path) -> tuple[dict, Preprocessing]:
     workdir = Path(workdir)
     path = workdir / CARD
     if not (workdir / "config.json").is_file():
-        raise ValueError(f"{workdir} is not a run directory (it has no config.json); pass the --workdir of a training run")
+        raise ValueError(
+            f"{workdir} is not a run directory (it has no config.json); pass the --workdir of a training run"
+        )
     if not path.exists():
         raise ValueError(
             f"{workdir} has no {CARD}: the run was written before runs kept their preprocessing and class names, so "

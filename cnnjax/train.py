@@ -25,10 +25,9 @@ import numpy as np
 import optax
 from jax import lax
 
-from cnnjax import backend, data, metrics, models, optim, parallel, plots
+from cnnjax import backend, checkpoint, data, metrics, models, optim, parallel, plots, run_card
 from cnnjax import config as config_lib
 from cnnjax import functional as F
-from cnnjax import checkpoint, run_card
 from cnnjax.checkpoint import Checkpoints
 from cnnjax.data.image_folder import NAME as IMAGE_FOLDER
 from cnnjax.data.pipeline import BALANCE_MODES

@@ -231,7 +231,9 @@ def load_raw(config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
         if folder.test is not None:
             return folder.train, folder.test, folder.class_names
         images, labels = folder.train
-        count = validation_count(len(labels), fraction=config.test_fraction, keys=f"data.test_fraction={config.test_fraction}")
+        count = validation_count(
+            len(labels), fraction=config.test_fraction, keys=f"data.test_fraction={config.test_fraction}"
+        )
         train, test = split_validation(images, labels, count, [config.split_seed, 1])
         return train, test, folder.class_names
     train = load(config.name, "train", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
