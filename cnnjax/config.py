@@ -158,6 +158,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(data.image_size >= 0, "data.image_size", data.image_size, "must be >= 0 (0: keep each image's size)")
     _check(data.channels in (0, 1, 3), "data.channels", data.channels, "0 (as decoded), 1 (grayscale) or 3 (RGB)")
     _check(0.0 < data.test_fraction < 1.0, "data.test_fraction", data.test_fraction, "must be in (0, 1)")
+    for key in ("image_size", "channels"):
+        _check(not data[key] or data.name == "image_folder", f"data.{key}", data[key],
+               f"applies to data.name='image_folder' only (data.name is {data.name!r}); leave it 0")  # fmt: skip
     _check(data.zca_epsilon > 0, "data.zca_epsilon", data.zca_epsilon, "must be > 0")
     _check(train.num_epochs >= 1, "train.num_epochs", train.num_epochs, "must be >= 1")
     _check(train.cpu_devices >= 0, "train.cpu_devices", train.cpu_devices, "must be >= 0 (0: JAX's default)")

@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnjax import backend, data, metrics, optim, plots, train
+from cnnjax import backend, data, metrics, optim, plots, run_card, train
 from cnnjax import config as config_lib
 from cnnjax import functional as F
+from cnnjax.checkpoint import Checkpoints
 
 Point = dict  # dotted config key -> value
 
@@ -185,7 +186,8 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     run, so its results equal the solo run's to float rounding (vmap may reorder reductions: not bitwise). A member
     whose loss becomes non-finite is frozen and recorded as diverged; the others go on. Early stopping freezes a
     member's best parameters (used for its test) while the group finishes. Writes each member's run directory
-    (config.json, metrics.jsonl, results.json, learning curves); a group interrupted midway trains again.
+    (config.json, inference.json, metrics.jsonl, results.json with the test metrics, learning curves, the tested
+    parameters as its best checkpoint); a group interrupted midway trains again.
     """
     base, k = configs[0], len(configs)
     if len({group_key(config) for config in configs}) > 1:
@@ -207,6 +209,7 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     for config, workdir in zip(configs, workdirs):
         workdir.mkdir(parents=True, exist_ok=True)
         metrics.write_json(workdir / "config.json", config.to_dict())
+        run_card.write_or_check(workdir, config, splits)
         metrics.write_json(workdir / "results.json", {"status": "running", "executor": "vectorized"})
         writers.append(metrics.MetricsWriter(workdir, 0))
     alive = jnp.ones(k, bool)
@@ -246,14 +249,20 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         )
         if np.all(stopped | ~alive_host):
             break
-    test = _group_evaluate(
+    test_totals = _group_totals(
         group_eval, {**state, "params": best_params}, test_images, test_labels, base.data.eval_batch_size
     )
+    test = [train.evaluation_of(member) for member in test_totals]
     results = []
     for m, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers)):
-        if alive_host[m]:
-            writer.write({"kind": "test", "step": (epoch + 1) * steps_per_epoch, "test_loss": test[m, 0],
-                          "test_accuracy": test[m, 1]})  # fmt: skip
+        if alive_host[m]:  # the tested parameters as the member's best checkpoint: cnnjax.load uses them
+            checkpoints = Checkpoints(workdir / "checkpoints", 1)
+            member_meta = {"best_val_accuracy": float(best[m]), "best_epoch": int(best_epoch[m])}
+            checkpoints.save_best(int(best_epoch[m]) * steps_per_epoch,
+                                  _member({**state, "params": best_params}, m), member_meta)  # fmt: skip
+            checkpoints.close()
+            writer.write({"kind": "test", "step": (epoch + 1) * steps_per_epoch, "test_loss": test[m].loss,
+                          "test_accuracy": test[m].accuracy, "test_top5_accuracy": test[m].top5_accuracy})  # fmt: skip
         writer.close()
         records = metrics.read_records(workdir / "metrics.jsonl")
         if records:
@@ -262,8 +271,8 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
             "status": "done" if alive_host[m] else "diverged",
             "executor": "vectorized",
             "group_size": k,
-            "test_accuracy": float(test[m, 1]) if alive_host[m] else None,
-            "test_loss": float(test[m, 0]) if alive_host[m] else None,
+            **(train.test_results(test[m], splits.class_names) if alive_host[m] else
+               {"test_accuracy": None, "test_loss": None}),  # fmt: skip
             "val_accuracy": float(best[m]) if best[m] >= 0 else None,
             "best_epoch": int(best_epoch[m]),
             "epochs": epoch + 1,
@@ -314,16 +323,21 @@ def _group_steps(train_fn, eval_fn, xla: backend.XlaOptions, axis_name: str | No
     return group_step, group_eval
 
 
-def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.ndarray:
-    """(K, 2) mean loss and accuracy of every member over a split."""
-    if len(labels) == 0:
-        return np.full((state["step"].shape[0], 2), np.nan)
+def _group_totals(group_eval, state, images, labels, batch_size: int) -> np.ndarray:
+    """(K, 4 + C * C) summed evaluation vectors of every member over a split (see ``train.eval_step_fn``)."""
     index, weights = data.eval_batches(len(labels), batch_size)
     totals = 0.0
     for batch_index, batch_weights in zip(index, weights):
         totals = totals + group_eval(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
-    totals = np.asarray(totals, np.float64)
-    return np.stack([totals[:, 0] / totals[:, 2], totals[:, 1] / totals[:, 2]], axis=1)
+    return np.asarray(totals, np.float64)
+
+
+def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.ndarray:
+    """(K, 2) mean loss and accuracy of every member over a split (NaN where the split is empty)."""
+    if len(labels) == 0:
+        return np.full((state["step"].shape[0], 2), np.nan)
+    totals = _group_totals(group_eval, state, images, labels, batch_size)
+    return totals[:, :2] / totals[:, 2:3]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

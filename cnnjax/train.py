@@ -296,11 +296,28 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> Evaluat
     for batch_index, batch_weights in zip(index, weights):
         batch_index, batch_weights = parallel.shard_batch((batch_index, batch_weights), mesh)
         totals = totals + eval_step(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
-    totals = np.asarray(totals, np.float64)
+    return evaluation_of(np.asarray(totals, np.float64))
+
+
+def evaluation_of(totals: np.ndarray) -> Evaluation:
+    """The metrics of a split from the eval step's summed vector (4 + K * K,) (see :func:`eval_step_fn`)."""
     loss_sum, correct, count, top5 = (float(v) for v in totals[:4])
     num_classes = math.isqrt(len(totals) - 4)
     confusion = np.rint(totals[4:]).astype(np.int64).reshape(num_classes, num_classes)
     return Evaluation(loss_sum / count, correct / count, top5 / count, confusion)
+
+
+def test_results(test: Evaluation, class_names) -> dict:
+    """The test metrics ``results.json`` reports: accuracy, loss, top-5 accuracy, the confusion matrix (rows: true
+    classes) and per-class precision, recall and F1 keyed by class name."""
+    return {
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
+        "top5_accuracy": test.top5_accuracy,
+        "confusion_matrix": test.confusion.tolist(),
+        "per_class": per_class_metrics(test.confusion, class_names),
+        "class_names": list(class_names),
+    }
 
 
 def per_class_metrics(confusion: np.ndarray, class_names) -> dict[str, dict[str, float]]:
@@ -574,12 +591,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         plots.learning_curves(records, workdir / "learning_curves.png", title=title)
     results = {
         "status": "done",
-        "test_accuracy": test.accuracy,
-        "test_loss": test.loss,
-        "top5_accuracy": test.top5_accuracy,
-        "confusion_matrix": test.confusion.tolist(),
-        "per_class": per_class_metrics(test.confusion, splits.class_names),
-        "class_names": list(splits.class_names),
+        **test_results(test, splits.class_names),
         "val_accuracy": meta["best_val_accuracy"] if has_validation else None,
         "best_epoch": meta["best_epoch"] if has_validation else c.num_epochs,
         "epochs": step // steps_per_epoch,

@@ -16,7 +16,8 @@ import numpy as np
 import optuna
 import pytest
 
-from cnnjax import backend, metrics, sweep, train
+import cnnjax
+from cnnjax import backend, data, metrics, sweep, train
 from tests.test_train import small_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,13 @@ def test_vectorized_group_equals_solo_runs_and_does_not_recompile(tmp_path):
         vec_losses = [r["train_loss"] for r in metrics.read_records(tmp_path / "vectorized" / d.name / "metrics.jsonl")
                       if r["kind"] == "epoch"]  # fmt: skip
         np.testing.assert_allclose(vec_losses, solo_losses, rtol=1e-5)
+    member = tmp_path / "vectorized" / sweep.trial_dirs(tmp_path / "solo", points)[1].name
+    results, solo_results = (json.loads((d / member.name / "results.json").read_text())
+                             for d in (tmp_path / "vectorized", tmp_path / "solo"))  # fmt: skip
+    assert results["confusion_matrix"] == solo_results["confusion_matrix"] and results["per_class"]
+    test_images, test_labels = data.load("mnist", "test", data_dir=base.data.data_dir, tfds_dir=base.data.tfds_dir)
+    predicted = cnnjax.load(member).predict(test_images).argmax(axis=1)  # the member's tested parameters
+    assert np.mean(predicted == test_labels) == pytest.approx(results["test_accuracy"], abs=1e-6)
     # other learning rates: the same compiled group step
     more = sweep.grid(**{"optim.learning_rate": [5e-4, 7e-3], "train.seed": [0, 1]})
     sweep.run_sweep(base, more, tmp_path / "more", executor="vectorized")
