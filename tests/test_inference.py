@@ -198,6 +198,9 @@ def test_bad_uses_of_a_run_are_one_line_errors(trained, tmp_path):
     shutil.rmtree(old / "checkpoints")
     with pytest.raises(ValueError, match="holds no finished checkpoint"):
         cnnjax.load(old)
+    wrong = folder_config(Path(config.data.data_dir), Path(config.data.tfds_dir), 10)
+    with pytest.raises(ValueError, match="outputs 10 classes but the dataset has 4; set --config.model.num_classes=4"):
+        train.train_and_evaluate(wrong, tmp_path / "wrong")  # after scanning the folder, before compiling
     splits = data.load_splits(config.data)
     config.data.test_time_shift = 1
     with pytest.raises(ValueError, match="describes another model than this config and data .*test_time_views"):

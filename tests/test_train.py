@@ -244,6 +244,10 @@ def test_early_stopping_keeps_the_best_checkpoint_for_the_test(tmp_path):
         ("train", "cpu_devices", -1, r"config.train.cpu_devices=-1 is invalid: must be >= 0"),
         ("model", "kernel_size", 15, r"^Conv2D 'conv2': a 15x15 kernel .* 14x14 feature map.*larger input\.$"),
         ("model", "num_classes", 7, r"outputs 7 classes but the dataset has 10; set --config.model.num_classes=10"),
+        ("data", "image_size", 32, r"config.data.image_size=32 is invalid: applies to data.name='image_folder' only"),
+        ("data", "channels", 2, r"config.data.channels=2 is invalid: 0 \(as decoded\), 1 \(grayscale\) or 3"),
+        ("data", "test_fraction", 1.0, r"config.data.test_fraction=1.0 is invalid: must be in \(0, 1\)"),
+        ("train", "freeze", "conv[", r"config.train.freeze='conv\[' is invalid: is not a regular expression"),
     ],
 )
 def test_bad_config_values_are_rejected_before_loading_data(tmp_path, section, key, value, message):
