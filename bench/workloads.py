@@ -124,6 +124,15 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def vector_isa() -> str:
+    """The widest x86 vector extension the CPU reports: 'avx512', 'avx2', or '' (other CPUs)."""
+    try:
+        flags = re.search(r"flags\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).split()
+    except (OSError, AttributeError):
+        return ""
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
+
+
 def write_result(name: str, result: dict) -> Path:
     """Writes ``bench/results/<name>-<cpu>.json``: ``result`` with the hardware, versions, commit and date."""
     import jaxlib
@@ -134,6 +143,7 @@ def write_result(name: str, result: dict) -> Path:
         "benchmark": name,
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "vector_isa": vector_isa(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,

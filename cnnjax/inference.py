@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import glob
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -180,8 +181,13 @@ class Predictor:
             except Exception:  # noqa: BLE001 - a platform this jaxlib cannot lower for: the CPU alone
                 exported = jax.export.export(serve, platforms=("cpu",))(spec)
             if onnx:
-                model = jax2onnx.to_onnx(self.serving_fn(), [spec], model_name="cnnjax", input_names=["images"],
-                                         output_names=["probabilities"])  # fmt: skip
+                serde = logging.getLogger("onnx_ir.serde")  # one warning per untyped constant shape, harmless
+                level, _ = serde.level, serde.setLevel(logging.ERROR)
+                try:
+                    model = jax2onnx.to_onnx(self.serving_fn(), [spec], model_name="cnnjax", input_names=["images"],
+                                             output_names=["probabilities"])  # fmt: skip
+                finally:
+                    serde.setLevel(level)
                 (directory / "model.onnx").write_bytes(model.SerializeToString())
         (directory / "model.jax").write_bytes(exported.serialize())
         description = {

@@ -271,8 +271,11 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
             "status": "done" if alive_host[m] else "diverged",
             "executor": "vectorized",
             "group_size": k,
-            **(train.test_results(test[m], splits.class_names) if alive_host[m] else
-               {"test_accuracy": None, "test_loss": None}),  # fmt: skip
+            **(
+                train.test_results(test[m], splits.class_names)
+                if alive_host[m]
+                else {"test_accuracy": None, "test_loss": None}
+            ),  # fmt: skip
             "val_accuracy": float(best[m]) if best[m] >= 0 else None,
             "best_epoch": int(best_epoch[m]),
             "epochs": epoch + 1,
