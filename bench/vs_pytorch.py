@@ -1,7 +1,7 @@
 """Training throughput of cnnjax against PyTorch eager on this machine, measured side by side.
 
     .venv/bin/pip install torch==2.13.0   # the CPU wheel on this machine's disk
-    .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=30] [--models=lenet,mnist_cnn,cifar_cnn,resnet20,resnet9]
+    PYTHONPATH=. .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=30] [--models=lenet,mnist_cnn,cifar_cnn,resnet20,resnet9]
 
 For each model the same architecture, batch (128), optimizer (Adam 1e-3) and data shape are trained in rounds that
 alternate cnnjax (its real jitted train step: device-resident data, donated state, on as many CPU devices as the
@@ -190,6 +190,14 @@ def main() -> None:
           f"torch, oneDNN's gain {cnnjax_rate / without_rate:.2f}x)  cnnjax {gflops:5.1f} GFLOP/s = "
           f"{100 * gflops / peak:4.1f}% of peak  (train step compile {compile_s:.1f} s; "
           f"{workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
+    path = workloads.write_result(
+        f"vs_pytorch-{name}",
+        {"model": name, "torch": torch.__version__, "batch": BATCH, "steps": args.steps, "rounds": args.rounds,
+         "images_per_sec": {"cnnjax": cnnjax_rate, "cnnjax_without_onednn": without_rate, "torch_eager": torch_rate},
+         "ratio_vs_torch": cnnjax_rate / torch_rate, "onednn_gain": cnnjax_rate / without_rate, "gflops": gflops,
+         "matmul_peak_gflops": peak, "compile_s": compile_s, "cpu_devices": workloads.MODELS[name].cpu_devices},
+    )  # fmt: skip
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -65,8 +65,13 @@ class MetricsWriter:
                 self.tensorboard.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
     def figure(self, tag: str, figure, step: int) -> None:
-        """A matplotlib figure as a TensorBoard image (closed afterwards)."""
-        self.tensorboard.add_figure(tag, figure, step, close=True)
+        """A ``matplotlib.figure.Figure`` as a TensorBoard image (rendered with Agg, without pyplot)."""
+        import numpy as np
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        self.tensorboard.add_image(tag, np.asarray(canvas.buffer_rgba())[..., :3], step, dataformats="HWC")
 
     def close(self) -> None:
         self.file.close()

@@ -1,20 +1,24 @@
-"""PNG plots of a run: learning curves (loss and accuracy, train vs validation)."""
+"""PNG plots of a run: learning curves, sweep heatmaps, filters, feature maps, confusion matrices, misclassified
+examples. Drawn with ``matplotlib.figure.Figure`` directly: nothing here touches pyplot's global state or backend."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _subplots(*grid, **kwargs):
+    """(figure, axes) like ``pyplot.subplots``, on a figure of its own that no pyplot state holds."""
+    figure = Figure(figsize=kwargs.pop("figsize", None))
+    return figure, figure.subplots(*grid, **kwargs)
 
 
 def learning_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs validation, from the 'epoch' records of metrics.jsonl."""
     epochs = [r for r in records if r["kind"] == "epoch"]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (loss_axis, accuracy_axis) = _subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-o"), ("val", "-s")):
         points = [(r["epoch"], r[f"{split}_loss"], r[f"{split}_accuracy"]) for r in epochs if f"{split}_loss" in r]
         if points:
@@ -33,7 +37,6 @@ def learning_curves(records: list[dict], path: str | Path, title: str = "") -> N
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def sweep_heatmap(rows: list[dict], axes: list[str], path: str | Path) -> None:
@@ -48,7 +51,7 @@ def sweep_heatmap(rows: list[dict], axes: list[str], path: str | Path) -> None:
         if r.get("val_accuracy") is not None:
             i, j = ys.index(str(r[y_key])), xs.index(str(r[x_key]))
             grid[i, j] = np.nanmax([grid[i, j], 100 * r["val_accuracy"]])
-    figure, axis = plt.subplots(figsize=(1.2 * len(xs) + 3, 0.8 * len(ys) + 2))
+    figure, axis = _subplots(figsize=(1.2 * len(xs) + 3, 0.8 * len(ys) + 2))
     image = axis.imshow(grid, cmap="viridis", aspect="auto")
     axis.set_xticks(range(len(xs)), xs, rotation=30, ha="right")
     axis.set_yticks(range(len(ys)), ys)
@@ -62,12 +65,11 @@ def sweep_heatmap(rows: list[dict], axes: list[str], path: str | Path) -> None:
     axis.set_title("validation accuracy")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def overlaid_learning_curves(runs: dict[str, list[dict]], path: str | Path) -> None:
     """Validation accuracy per epoch of every trial of a sweep, overlaid."""
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = _subplots(figsize=(8, 5))
     for name, records in runs.items():
         points = [
             (r["epoch"], 100 * r["val_accuracy"]) for r in records if r["kind"] == "epoch" and "val_accuracy" in r
@@ -81,7 +83,6 @@ def overlaid_learning_curves(runs: dict[str, list[dict]], path: str | Path) -> N
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def _natural(text: str):
@@ -102,7 +103,7 @@ def filter_grid(kernel: np.ndarray, path: str | Path, title: str) -> None:
     kernel = np.asarray(kernel, np.float32)
     count = kernel.shape[-1]
     rows, cols = _grid_shape(count)
-    figure, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1.5, 1.6 * rows + 0.8), squeeze=False)
+    figure, axes = _subplots(rows, cols, figsize=(1.6 * cols + 1.5, 1.6 * rows + 0.8), squeeze=False)
     limit = float(np.abs(kernel).max()) or 1.0
     image = None
     for index, axis in enumerate(axes.flat):
@@ -119,7 +120,6 @@ def filter_grid(kernel: np.ndarray, path: str | Path, title: str) -> None:
         figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="weight")
     figure.suptitle(title)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def feature_maps(
@@ -127,7 +127,7 @@ def feature_maps(
 ) -> None:
     """The input image and, one row per layer, its first ``per_layer`` feature maps (H, W, C) for that image."""
     rows = len(maps) + 1
-    figure, axes = plt.subplots(rows, per_layer, figsize=(1.5 * per_layer + 1, 1.5 * rows + 0.6), squeeze=False)
+    figure, axes = _subplots(rows, per_layer, figsize=(1.5 * per_layer + 1, 1.5 * rows + 0.6), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     axes[0, 0].imshow(image[..., 0] if image.shape[-1] == 1 else (image - image.min()) / (np.ptp(image) or 1.0),
@@ -140,14 +140,13 @@ def feature_maps(
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def confusion_figure(matrix: np.ndarray, class_names, title: str):
     """A figure of confusion counts (K, K) (rows: true classes, columns: predicted), with class names and a colour
-    bar; the caller saves and closes it."""
+    bar; the caller saves it."""
     k = len(class_names)
-    figure, axis = plt.subplots(figsize=(0.6 * k + 3, 0.6 * k + 2.5))
+    figure, axis = _subplots(figsize=(0.6 * k + 3, 0.6 * k + 2.5))
     image = axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(k), class_names, rotation=45, ha="right")
     axis.set_yticks(range(k), class_names)
@@ -170,14 +169,13 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, class_names, p
     np.add.at(matrix, (labels, predictions), 1)
     figure = confusion_figure(matrix, class_names, title)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def misclassified(images, labels, predictions, class_names, path: str | Path, title: str, limit: int = 25) -> None:
     """Up to ``limit`` misclassified test images titled 'predicted (true)'."""
     wrong = np.flatnonzero(labels != predictions)[:limit]
     rows, cols = _grid_shape(max(len(wrong), 1))
-    figure, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.5), squeeze=False)
+    figure, axes = _subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows + 0.5), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, index in zip(axes.flat, wrong):
@@ -191,4 +189,3 @@ def misclassified(images, labels, predictions, class_names, path: str | Path, ti
     figure.suptitle(f"{title}: predicted (true)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)

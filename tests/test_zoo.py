@@ -1,6 +1,9 @@
 """The model zoo: shapes on 28x28x1 and 32x32x3, parameter counts from the literature, one train step each, clear
 errors, and the visualizations of a tiny run."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import matplotlib.image
@@ -97,3 +100,18 @@ def test_visualizations_of_a_tiny_run(tmp_path):
     for path in paths.values():
         height, width = matplotlib.image.imread(path).shape[:2]
         assert height >= 200 and width >= 200
+
+
+def test_drawing_leaves_pyplot_and_its_backend_alone(tmp_path):
+    script = (
+        "import sys, numpy as np\n"
+        "from cnnjax import metrics, plots, train\n"
+        f"plots.confusion_matrix(np.array([0, 1]), np.array([0, 0]), ['a', 'b'], {str(tmp_path / 'c.png')!r}, 't')\n"
+        f"writer = metrics.MetricsWriter({str(tmp_path)!r})\n"
+        "writer.figure('confusion', plots.confusion_figure(np.eye(2, dtype=int), ['a', 'b'], 't'), 1)\n"
+        "writer.close()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert matplotlib.image.imread(tmp_path / "c.png").shape[2] in (3, 4)
