@@ -1,6 +1,6 @@
 """Per-layer forward+backward time of each conv2d lowering and pool implementation on this backend.
 
-    .venv/bin/python bench/conv_lowering.py [--rounds=7]
+    PYTHONPATH=. .venv/bin/python bench/conv_lowering.py [--rounds=7]
 
 The layers of the benchmarked models at batch 128 (modern LeNet, the Flax MNIST CNN, cifar_cnn, ResNet-20's 3x3
 convs). Rounds are interleaved (A, B, C, A, ...) and medians printed with the ratio xla / best of the others (> 1:
@@ -19,6 +19,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import workloads
 
 from cnnjax import functional as F
 
@@ -85,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     key = jax.random.key(0)
     print(f"backend {jax.default_backend()}, batch {BATCH}, median ms of {args.rounds} interleaved rounds")
+    convs, pool_times = {}, {}
     for name, (shape, kernel_shape, padding, stride) in CONVS.items():
         x = jax.random.normal(key, (BATCH, *shape))
         w = jax.random.normal(key, kernel_shape)
@@ -96,6 +98,7 @@ def main() -> None:
         for label, (candidates, inputs) in timed.items():
             t = median_times(candidates, inputs, args.rounds)
             best = min((name for name in t if name != "xla"), key=t.get)
+            convs[label] = {"median_s": t, "fastest_not_xla": best, "xla_over_fastest": t["xla"] / t[best]}
             print(f"{label:>40}: " + "  ".join(f"{name} {1e3 * seconds:7.2f}" for name, seconds in t.items())
                   + f"  xla / {best} {t['xla'] / t[best]:.2f}x")  # fmt: skip
     # (H, W, C), window, stride, padding: LeNet's and the MNIST CNN's 2x2 pools, cifar_cnn's and AlexNet's 3x3 stride 2
@@ -106,8 +109,11 @@ def main() -> None:
             max_pool_grads(shape, window, stride, padding), (jax.random.normal(key, (BATCH, *shape)),), args.rounds
         )
         label = f"max_pool {window}x{window}/{stride} on {'x'.join(map(str, shape))}"
+        pool_times[label] = {"median_s": t, "reduce_window_over_cnnjax": t["reduce_window"] / t["max_pool"]}
         print(f"{label:>40}: reduce_window {1e3 * t['reduce_window']:7.2f}  cnnjax's (tiles or strided views) "
               f"{1e3 * t['max_pool']:7.2f}  ratio {t['reduce_window'] / t['max_pool']:.2f}x")  # fmt: skip
+    result = {"batch": BATCH, "rounds": args.rounds, "convolutions": convs, "max_pool": pool_times}
+    print(f"wrote {workloads.write_result('conv_lowering', result)}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def main() -> None:
         return
     print(f"{os.cpu_count()} cores; batch 128, {args.steps} steps per process, medians of {args.rounds} alternating "
           f"processes per setting")  # fmt: skip
+    images_per_s = {}
     for name in args.models.split(","):
         started = time.perf_counter()
         rates = {1: [], args.devices: []}
@@ -61,9 +62,14 @@ def main() -> None:
             for devices in rates:
                 rates[devices].append(measure(name, devices, args.steps))
         one, many = statistics.median(rates[1]), statistics.median(rates[args.devices])
+        images_per_s[name] = {"1 device": one, f"{args.devices} devices": many, "ratio": many / one}
         print(f"{name:>10}: 1 device {one:8,.0f} img/s  {args.devices} devices {many:8,.0f} img/s  ratio "
               f"{many / one:.2f}x  (ratios per round {', '.join(f'{b / a:.2f}' for a, b in zip(*rates.values()))}; "
               f"{time.perf_counter() - started:.0f} s)")  # fmt: skip
+    import workloads  # after the workers: it starts JAX in this process
+
+    result = {"devices": args.devices, "steps": args.steps, "rounds": args.rounds, "images_per_sec": images_per_s}
+    print(f"wrote {workloads.write_result('cpu_devices', result)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Input pipeline vs training step: is the data ever the bottleneck?
 
-    .venv/bin/python bench/input_pipeline.py [--rounds=5]
+    PYTHONPATH=. .venv/bin/python bench/input_pipeline.py [--rounds=5]
 
 Prints the time to prepare Fashion-MNIST from Debian's files into a fresh TFDS directory, the time to load the
 prepared splits, and, measured in interleaved rounds in one process, images/s of (a) gathering batches from the
@@ -18,6 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import workloads
 
 from cnnjax import data, models, optim, train
 from cnnjax.config import base_config
@@ -82,6 +83,9 @@ def main() -> None:
         print(f"{name:>15}: {rate:12,.0f} images/s (median of {args.rounds} interleaved rounds)")
     print(f"pipeline / train step: gather {medians['gather'] / medians['train step']:.0f}x, "
           f"gather+augment {medians['gather+augment'] / medians['train step']:.1f}x")  # fmt: skip
+    result = {"prepare_s": prepare_s, "load_s": load_s, "batch": batch, "steps": len(batches), "rounds": args.rounds,
+              "images_per_sec": medians}  # fmt: skip
+    print(f"wrote {workloads.write_result('input_pipeline', result)}")
 
 
 if __name__ == "__main__":

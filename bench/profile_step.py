@@ -63,10 +63,15 @@ def main() -> None:
         "convolutions, such as kernel gradients after transpose_copy fusions, run on threads it does not trace, and "
         "it adds overhead of its own"
     )
-    for name, us in sorted(operations.items(), key=lambda item: -item[1])[: args.top]:
+    top = sorted(operations.items(), key=lambda item: -item[1])[: args.top]
+    for name, us in top:
         print(
             f"{us / args.steps / 1e3:8.2f} ms  {100 * us / total:5.1f}%  {name:<28} {names[name] or '(added by XLA)'}"
         )
+    result = {"model": args.model, "batch": workloads.BATCH, "steps": args.steps, "step_wall_s": wall / args.steps,
+              "traced_s_per_step": total / args.steps / 1e6,
+              "top_operations": [{"name": n, "s_per_step": us / args.steps / 1e6, "source": names[n]} for n, us in top]}  # fmt: skip
+    print(f"wrote {workloads.write_result(f'profile_step-{args.model}', result)}")
 
 
 if __name__ == "__main__":

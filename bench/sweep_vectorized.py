@@ -1,6 +1,6 @@
 """Vectorized sweep vs the same trials one after another: 8 learning rates of the modern LeNet.
 
-    .venv/bin/python bench/sweep_vectorized.py [--rounds=5] [--steps=40] [--members=8] [--batch_sizes=8,32,128]
+    PYTHONPATH=. .venv/bin/python bench/sweep_vectorized.py [--rounds=5] [--steps=40] [--members=8] [--batch_sizes=8,32,128]
         [--grouped_convs]
 
 Times ``--steps`` training steps of all members: once as the vmapped group step of ``cnnjax.sweep`` (stacked
@@ -21,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import workloads
 
 from cnnjax import backend, models, optim, sweep, train
 from experiments.lenet import get_config
@@ -39,12 +40,16 @@ def main() -> None:
         help="also time the group mapped without the member axis name (XLA's convolutions then become grouped ones)",
     )
     args = parser.parse_args()
-    for batch in map(int, args.batch_sizes.split(",")):
-        compare(args, batch)
+    by_batch = {batch: compare(args, batch) for batch in map(int, args.batch_sizes.split(","))}
+    result = {"model": args.model, "members": args.members, "steps": args.steps, "rounds": args.rounds,
+              "trial_steps_per_s": by_batch,
+              "vectorized_over_sequential": {b: m["vectorized"] / m["sequential"] for b, m in by_batch.items()}}  # fmt: skip
+    print(f"wrote {workloads.write_result(f'sweep_vectorized-{args.model}', result)}")
 
 
-def compare(args, batch: int) -> None:
-    """Prints the interleaved medians of the vectorized group and the sequential trials at ``batch``."""
+def compare(args, batch: int) -> dict[str, float]:
+    """Prints and returns the interleaved medians (trial-steps/s) of the vectorized group and the sequential trials
+    at ``batch``."""
     config = get_config()
     model = models.get("lenet") if args.model == "lenet" else models.get("resnet", depth=20)
     shape = (28, 28, 1) if args.model == "lenet" else (32, 32, 3)
@@ -96,6 +101,7 @@ def compare(args, batch: int) -> None:
     )
     for name in group_steps:
         print(f"  {name} / sequential: {medians[name] / medians['sequential']:.2f}x")
+    return medians
 
 
 if __name__ == "__main__":

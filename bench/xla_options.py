@@ -53,6 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     workloads.split_cpu_for(args.models.split(","))
     print(f"jax {jax.__version__}; batch {workloads.BATCH}, {args.steps} steps per round, medians of {args.rounds}")
+    images_per_s = {}
     for name in args.models.split(","):
         _, _, step, state, batches = workloads.train_workload(
             name, args.steps, xla=backend.XlaOptions(gpu_deterministic=False)
@@ -63,10 +64,13 @@ def main() -> None:
             for label, options in settings().items()
         }
         seconds = workloads.interleaved_medians(runs, args.rounds)
+        images_per_s[name] = {label: args.steps * workloads.BATCH / s for label, s in seconds.items()}
         print(f"{name:>10}: " + "  ".join(
             f"{label} {args.steps * workloads.BATCH / s:,.0f} img/s ({seconds['default'] / s:.2f}x)"
             for label, s in seconds.items()
         ))  # fmt: skip
+    result = {"batch": workloads.BATCH, "steps": args.steps, "rounds": args.rounds, "images_per_sec": images_per_s}
+    print(f"wrote {workloads.write_result('xla_options', result)}")
 
 
 if __name__ == "__main__":
