@@ -2,10 +2,9 @@
 backends, and per-program options set by the config (:class:`XlaOptions`).
 
 XLA:CPU hands some of its operations to the YNNPACK library; by default matrix products and also reductions, which
-YNNPACK runs slower than XLA's own loops here. Keeping YNNPACK for the matrix products only sped up the training steps
-of bench/vs_pytorch.py on a 2-core x86 CPU by 1.08x (modern LeNet), 1.59x (Flax MNIST CNN), 1.17x (``cifar_cnn``) and
-1.09x (ResNet-20), measured side by side in one process (bench/xla_options.py). The flags only concern the CPU backend;
-GPU and TPU runs ignore them.
+YNNPACK runs slower than XLA's own loops for the zoo's models. Keeping YNNPACK for the matrix products only makes
+every benchmarked training step faster (docs/performance.md, bench/xla_options.py). The flags only concern the CPU
+backend; GPU and TPU runs ignore them. ``CNNJAX_XLA_FLAGS=0`` turns them off.
 """
 
 from __future__ import annotations

@@ -218,17 +218,15 @@ def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = Non
     """The fastest lowering for an HWIO kernel and input ``dtype`` on ``backend`` ('cpu', 'gpu', 'tpu'; None: JAX's
     default backend).
 
-    On the CPU 'onednn' for float32 where its handler is built (:mod:`cnnjax.onednn`): on a 2-core CPU it ran every
-    benchmarked layer 1.1-2.5x faster forward and backward than the best of the others (bench/conv_lowering.py). But
-    its convolutions over few input channels (at most 6) gain little from more cores, which XLA's use well: with 4, 8
-    and 16 cores LeNet's step ran 0.62x, 0.58x and 0.35x as fast with oneDNN's (the Flax MNIST CNN's 1.20x, 1.28x,
-    0.97x; bench/vs_pytorch.py), so those keep 'banded' where a device has more than 2 cores. Not where JAX has
-    several CPU devices (``train.cpu_devices``, ``jax.distributed``): XLA's SPMD partitioner cannot split the custom
-    call by the batch (``lowering='onednn'`` traced under a mesh splits it itself, see :mod:`cnnjax.onednn`), and
-    where split, oneDNN's were not consistently faster than XLA's there. Otherwise XLA's convolution is weakest over
-    few input channels: 'banded' ran the first convs of LeNet, the Flax MNIST CNN and ResNet-20, and LeNet's
-    6-channel second conv, 1.2-3.8x faster, and ``cifar_cnn``'s 3->64 first conv as fast; from 16 input channels on
-    (0.4-0.7x), or on GPU and TPU, ``lax.conv`` wins.
+    The rules, each measured by bench/conv_lowering.py and bench/vs_pytorch.py (reasons and figures in
+    docs/performance.md):
+
+    - GPU and TPU: 'xla' (``lax.conv_general_dilated``).
+    - CPU, float32, oneDNN's handler built (:mod:`cnnjax.onednn`) and one CPU device: 'onednn', the fastest for every
+      benchmarked layer forward and backward on a 2-core CPU; except convolutions over at most 6 input channels where
+      a device has more than 2 cores, whose oneDNN primitives scale worse with cores than XLA's banded convolutions.
+    - Otherwise (another dtype, no handler, several CPU devices, which XLA's SPMD partitioner cannot split a custom
+      call over): 'banded' over at most 6 input channels, where XLA:CPU's convolution is weakest, else 'xla'.
     """
     if (backend or jax.default_backend()) != "cpu":
         return "xla"

@@ -1,10 +1,8 @@
 """oneDNN convolutions for XLA:CPU: ``functional.conv2d``'s 'onednn' lowering.
 
 XLA:CPU runs convolutions with Eigen and transposes both operands for every kernel gradient; oneDNN, the library
-PyTorch's CPU convolutions use, ran the layers of LeNet, the MNIST CNN, ``cifar_cnn`` and ResNet-20 1.1-6x faster
-forward and backward than XLA on a 2-core CPU, 1.1-2.5x faster than the best other lowering (bench/conv_lowering.py;
-``functional.default_conv_lowering`` says where it is the default). cnnjax calls
-it through an XLA FFI custom call compiled from ``cnnjax/csrc/onednn_conv.cc`` when the package is installed
+PyTorch's CPU convolutions use, runs the zoo's layers faster forward and backward (docs/performance.md,
+bench/conv_lowering.py; ``functional.default_conv_lowering`` says where it is the default). cnnjax calls it through an XLA FFI custom call compiled from ``cnnjax/csrc/onednn_conv.cc`` when the package is installed
 (``setup.py``, against the ``onednn-cpu-gomp`` wheel), so it runs inside the jitted program like any other XLA
 operation: forward, input gradient and kernel gradient, each a oneDNN primitive built once per shape, and a JAX
 primitive differentiable like ``lax.conv``. Traced under a mesh of several devices (``jax.set_mesh``), each

@@ -27,10 +27,9 @@ THREADS_VARIABLE = "PJRT_NPROC"  # the size of XLA:CPU's thread pools (default: 
 def split_cpu(count: int) -> None:
     """Makes the host CPU ``count`` JAX devices (``config.train.cpu_devices``; 0 keeps JAX's default, one device).
 
-    With data parallelism over them each device runs its slice of the batch, so the operations XLA:CPU runs on one
-    thread keep every core busy: with XLA's convolutions the Flax MNIST CNN trained 1.26-1.32x faster on two devices
-    of the 2-core CPU than on one, LeNet 0.81-0.85x; with several devices conv2d keeps XLA's convolutions, and one
-    device with oneDNN's is faster now (two: 0.91x and 0.87x; bench/cpu_devices.py). It only takes effect before
+    With data parallelism over them each device runs its slice of the batch, so operations XLA:CPU runs on one thread
+    keep every core busy. With several devices conv2d keeps XLA's convolutions, so on a 2-core CPU one device with
+    oneDNN's is faster (docs/scaling.md, bench/cpu_devices.py). It only takes effect before
     JAX's first operation (the launcher checks the config first); afterwards a different count raises a ValueError.
     GPU and TPU runs are unaffected.
 

@@ -348,10 +348,8 @@ def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.nd
 # ----------------------------------------------------------------------------------------------------------------------
 
 EXECUTORS = ("auto", "sequential", "vectorized")
-# the largest batch at which a vectorized group beats sequential trials on the CPU: with oneDNN's convolutions (the
-# members as the groups of one grouped convolution) 8 LeNets ran 3.11x at batch 8, 1.85x at 32, 0.69x at 128 on the
-# 2-core CPU; with XLA's (one convolution per member) 1.27x at batch 8, 1.11x at 16 and 32, 0.90x at 64, 0.69x at
-# 128; on an H100 3.8x, 3.6x and 3.2x at 32, 128 and 512 (bench/sweep_vectorized.py)
+# the largest batch at which a vectorized group of LeNets beats sequential trials on a 2-core CPU; on accelerators
+# it wins at every batch (docs/performance.md, bench/sweep_vectorized.py)
 CPU_VECTORIZED_MAX_BATCH = 32
 
 

