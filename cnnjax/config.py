@@ -17,8 +17,11 @@ from cnnjax import models
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-    """The ``model`` section for model ``name``: its name and every field with its default (or the override)."""
-    fields = {f.name: f.default for f in dataclasses.fields(models.MODELS[name]) if f.name in models.fields(name)}
+    """The ``model`` section for model ``name`` (a family or a preset, ``models.list_models()``): its name and every
+    field with its default, the preset's value, or the override."""
+    family, preset = models.resolve(name)
+    defaults = {f.name: f.default for f in dataclasses.fields(models.MODELS[family]) if f.name in models.fields(name)}
+    fields = {**defaults, **preset}
     unknown = set(overrides) - set(fields)
     if unknown:
         models.get(name, **{k: overrides[k] for k in unknown})  # raises the error naming the closest fields
@@ -174,4 +177,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
         re.compile(train.freeze)
     except re.error as error:
         _check(False, "train.freeze", train.freeze, f"is not a regular expression ({error})")
-    _check(config.model.name in models.MODELS, "model.name", config.model.name, f"one of {sorted(models.MODELS)}")
+    names = models.list_models()
+    _check(config.model.name in names, "model.name", config.model.name, f"one of {', '.join(names)}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnnjax import functional as F
-from cnnjax import models, summary, train
+from cnnjax import config, models, summary, train
 from tests.test_train import small_config
 
 KEY = jax.random.key(0)
@@ -42,6 +42,9 @@ def test_every_model_works_on_both_input_shapes_and_has_a_summary(name, shape):
         ("resnet", dict(depth=18, stem="imagenet", num_classes=1000), (224, 224, 3), 11_689_512),
         ("resnet9", dict(), (32, 32, 3), 6_573_130),  # Page's DAWNBench ResNet-9 on CIFAR-10
         ("vgg", dict(depth=16, width=1.0, norm="none", head="imagenet", num_classes=1000), (224, 224, 3), 138_357_544),
+        ("resnet56", dict(), (32, 32, 3), 853_018),  # the presets users name: the same networks
+        ("resnet18", dict(num_classes=1000), (224, 224, 3), 11_689_512),
+        ("vgg16", dict(head="imagenet", num_classes=1000), (224, 224, 3), 138_357_544),
     ],
 )
 def test_parameter_counts_match_the_literature(name, fields, shape, expected):
@@ -115,3 +118,14 @@ def test_drawing_leaves_pyplot_and_its_backend_alone(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert matplotlib.image.imread(tmp_path / "c.png").shape[2] in (3, 4)
+
+
+def test_presets_are_listed_configurable_and_named_in_errors():
+    names = models.list_models()
+    assert names[: len(models.MODELS)] == sorted(models.MODELS) and {"resnet20", "resnet18", "vgg16_bn"} <= set(names)
+    assert models.get("vgg16_bn").norm == "batch" and models.get("vgg16").norm == "none"
+    assert models.get("resnet20", depth=32).depth == 32  # fields override the preset's
+    section = config.model_config("resnet18", num_classes=100)
+    assert (section.name, section.depth, section.stem, section.num_classes) == ("resnet18", 18, "imagenet", 100)
+    with pytest.raises(ValueError, match="unknown model 'resnet19'. Did you mean resnet9, resnet18"):
+        models.get("resnet19")

@@ -1,6 +1,14 @@
-"""The model zoo: ``MODELS`` maps a name to a Flax module class; ``get(name, **fields)`` builds one.
+"""The model zoo: ``MODELS`` maps a family name to a Flax module class, ``PRESETS`` the variants users name
+('resnet18', 'resnet56', 'vgg16_bn', ...) to a family and its fields; ``get(name, **fields)`` builds either, and
+``list_models()`` lists both.
 
 Every model is called as ``model.apply(variables, x, train=...)`` on NHWC images and returns (N, num_classes).
+
+    >>> from cnnjax import models
+    >>> models.get("resnet56").depth, models.get("resnet18").stem
+    (56, 'imagenet')
+    >>> models.get("vgg16_bn", width=0.5).norm
+    'batch'
 """
 
 from __future__ import annotations
@@ -30,6 +38,26 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
+# preset -> (family, its fields): the CIFAR ResNets, the ImageNet ResNets, VGG at the paper's widths without and with
+# batch norm (the family's CIFAR-style head)
+PRESETS: dict[str, tuple[str, dict]] = {
+    **{f"resnet{d}": ("resnet", {"depth": d, "stem": "cifar"}) for d in (20, 32, 44, 56, 110)},
+    **{f"resnet{d}": ("resnet", {"depth": d, "stem": "imagenet"}) for d in (18, 34, 50, 101, 152)},
+    **{f"vgg{d}": ("vgg", {"depth": d, "width": 1.0, "norm": "none"}) for d in (11, 13, 16, 19)},
+    **{f"vgg{d}_bn": ("vgg", {"depth": d, "width": 1.0, "norm": "batch"}) for d in (11, 13, 16, 19)},
+}
+
+
+def list_models() -> list[str]:
+    """Every name ``get`` accepts: the families, then the presets."""
+    return sorted(MODELS) + list(PRESETS)
+
+
+def resolve(name: str) -> tuple[str, dict]:
+    """(family, preset fields) of a model name: a family has no preset fields."""
+    return PRESETS.get(name, (name, {}))
+
+
 def fields(name: str) -> list[str]:
     """The configurable fields of model ``name``."""
     return [f.name for f in dataclasses.fields(_model_class(name)) if f.init and f.name not in ("parent", "name")]
@@ -37,8 +65,10 @@ def fields(name: str) -> list[str]:
 
 def get(name: str, **model_fields) -> nn.Module:
     """Builds model ``name`` with the given fields; unknown names or fields raise a ValueError naming the options."""
-    cls = _model_class(name)
-    known = fields(name)
+    family, preset = resolve(name)
+    model_fields = {**preset, **model_fields}
+    cls = _model_class(family)
+    known = fields(family)
     for field in model_fields:
         if field not in known:
             raise ValueError(
@@ -48,9 +78,10 @@ def get(name: str, **model_fields) -> nn.Module:
 
 
 def _model_class(name: str) -> type[nn.Module]:
+    name = resolve(name)[0]
     if name not in MODELS:
         raise ValueError(
-            f"unknown model {name!r}.{did_you_mean(name, MODELS)} Available models: {', '.join(sorted(MODELS))}"
+            f"unknown model {name!r}.{did_you_mean(name, list_models())} Available models: {', '.join(list_models())}"
         )
     return MODELS[name]
 

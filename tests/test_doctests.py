@@ -1,0 +1,13 @@
+"""The examples in docstrings run (``doctest``) and print what they say."""
+
+import doctest
+
+import pytest
+
+from cnnjax import models
+
+
+@pytest.mark.parametrize("module", [models], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0
