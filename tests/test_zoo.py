@@ -10,8 +10,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cnnjax import functional as F
 from cnnjax import config, models, summary, train
+from cnnjax import functional as F
 from tests.test_train import small_config
 
 KEY = jax.random.key(0)
