@@ -142,7 +142,9 @@ def main(argv):
             workdir = FLAGS.workdir or str(Path("runs") / FLAGS.experiment / time.strftime("%Y%m%d-%H%M%S"))
             train.train_and_evaluate(config, workdir)
             if FLAGS.visualize:
-                for name, path in train.visualize(config, workdir, FLAGS.visualize_image).items():
+                from cnnjax import visualize
+
+                for name, path in visualize.visualize(config, workdir, FLAGS.visualize_image).items():
                     print(f"{name}: {path}")
     except (train.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {error}")

@@ -10,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cnnjax import config, models, summary, train
+from cnnjax import config, models, summary, train, visualize
 from cnnjax import functional as F
 from tests.test_train import small_config
 
@@ -98,7 +98,7 @@ def test_visualizations_of_a_tiny_run(tmp_path):
     config = small_config(tmp_path, num_epochs=1)
     with jax.numpy_dtype_promotion("standard"):
         train.train_and_evaluate(config, tmp_path / "run")
-        paths = train.visualize(config, tmp_path / "run", image_index=3)
+        paths = visualize.visualize(config, tmp_path / "run", image_index=3)
     assert set(paths) == {"filters", "feature_maps", "confusion_matrix", "misclassified"}
     for path in paths.values():
         height, width = matplotlib.image.imread(path).shape[:2]
