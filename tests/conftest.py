@@ -27,3 +27,11 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def standard_dtype_promotion():
+    """Optax's internals mix Python floats with int32 step counts, which strict promotion rejects: modules that train
+    use this (``pytestmark``); cnnjax's own ops are checked under strict promotion in the others."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield

@@ -1,10 +1,14 @@
-"""Generated datasets in the original file formats, for offline tests."""
+"""Test helpers: generated datasets in the original file formats and image folders, small configs on them, and
+reading a run's final state."""
 
+import importlib
 import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from cnnjax import checkpoint, metrics
 
 
 def learnable_images(labels: np.ndarray, shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
@@ -65,3 +69,37 @@ def make_learnable_folder(root: Path, n_train: int = 120, n_test: int = 30, clas
         labels = np.arange(n) % classes
         make_image_folder(root, learnable_images(labels * (10 // classes), (28, 28, 1), rng), labels, names, split)
     return names
+
+
+def small_config(tmp_path: Path, experiment: str = "lenet", **train_overrides):
+    """An experiment's config pointed at generated data, small enough for seconds of training."""
+    config = importlib.import_module(f"experiments.{experiment}").get_config()
+    src = tmp_path / "src"
+    if config.data.name == "cifar10":
+        make_cifar10_python(src, per_batch=24, n_test=20)
+    else:
+        config.data.name = "mnist"
+        make_idx_dataset(src, n_train=120, n_test=30)
+    config.data.data_dir = str(src)
+    config.data.tfds_dir = str(tmp_path / "tfds")
+    config.data.batch_size = 16
+    config.data.eval_batch_size = 7  # partial evaluation batches
+    config.data.validation_fraction = 0.2
+    config.train.num_epochs = 3
+    config.train.log_every = 2
+    for key, value in train_overrides.items():
+        config.train[key] = value
+    return config
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in metrics.TIMING_KEYS} for r in records]
+
+
+def final_state(workdir: Path):
+    manager = checkpoint.Checkpoints(workdir / "checkpoints", 3)
+    step = manager.latest_step()
+    meta = manager.periodic.item_metadata(step)["state"].tree
+    restored = manager.periodic.restore(step)
+    manager.close()
+    return step, restored["state"], meta

@@ -25,10 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.fixture(autouse=True)
-def standard_dtype_promotion():
-    with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats with int32 counts
-        yield
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 def folder_config(root: Path, cache: Path, num_classes: int, **train_overrides):

@@ -14,7 +14,7 @@ import pytest
 
 from cnnjax import metrics, parallel, train
 from tests import fakes
-from tests.test_train import final_state, small_config
+from tests.fakes import final_state, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

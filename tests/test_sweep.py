@@ -11,22 +11,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import optuna
 import pytest
 
 import cnnjax
 from cnnjax import backend, data, metrics, sweep, train
-from tests.test_train import small_config
+from tests.fakes import small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def standard_dtype_promotion():
-    with jax.numpy_dtype_promotion("standard"):  # Optax's internals (see test_train)
-        yield
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 def test_grid_zip_product_and_random_expansion():

@@ -1,7 +1,6 @@
-"""Training loop, optimizers, checkpoints, resume, divergence and the launcher, on small generated data."""
+"""Training loop, resume, divergence, early stopping, evaluation and the launcher, on small generated data."""
 
 import functools
-import importlib
 import json
 import os
 import signal
@@ -16,53 +15,14 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, data, metrics, models, optim, train
+from cnnjax import data, metrics, models, optim, train
 from cnnjax.config import base_config
-from tests import fakes
+from tests.fakes import comparable, final_state, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def standard_dtype_promotion():
-    """Optax's internals mix Python floats with int32 step counts, which strict promotion rejects; cnnjax's own ops
-    are checked under strict promotion in the other test modules."""
-    with jax.numpy_dtype_promotion("standard"):
-        yield
-
-
-def small_config(tmp_path: Path, experiment: str = "lenet", **train_overrides):
-    """An experiment's config pointed at generated data, small enough for seconds of training."""
-    config = importlib.import_module(f"experiments.{experiment}").get_config()
-    src = tmp_path / "src"
-    if config.data.name == "cifar10":
-        fakes.make_cifar10_python(src, per_batch=24, n_test=20)
-    else:
-        config.data.name = "mnist"
-        fakes.make_idx_dataset(src, n_train=120, n_test=30)
-    config.data.data_dir = str(src)
-    config.data.tfds_dir = str(tmp_path / "tfds")
-    config.data.batch_size = 16
-    config.data.eval_batch_size = 7  # partial evaluation batches
-    config.data.validation_fraction = 0.2
-    config.train.num_epochs = 3
-    config.train.log_every = 2
-    for key, value in train_overrides.items():
-        config.train[key] = value
-    return config
-
-
-def comparable(records):
-    return [{k: v for k, v in r.items() if k not in metrics.TIMING_KEYS} for r in records]
-
-
-def final_state(workdir: Path):
-    manager = checkpoint.Checkpoints(workdir / "checkpoints", 3)
-    step = manager.latest_step()
-    meta = manager.periodic.item_metadata(step)["state"].tree
-    restored = manager.periodic.restore(step)
-    manager.close()
-    return step, restored["state"], meta
+pytestmark = pytest.mark.usefixtures("standard_dtype_promotion")
 
 
 @pytest.mark.parametrize("experiment", ["lenet", "lenet5_classic", "cifar_cnn", "mnist_cnn", "resnet"])
@@ -300,92 +260,9 @@ def test_test_time_views_average_the_outputs_of_the_mirrored_and_shifted_images(
     assert count == 6 and abs(float(plain_sum) - float(expected)) > 1e-3
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Optimizers against Optax applied by hand
-# ----------------------------------------------------------------------------------------------------------------------
-
-PARAMS = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([0.1, -0.2])}
-GRADS = [
-    {"kernel": jnp.array([[0.3, -0.1], [0.2, 0.4]]) * (i + 1), "bias": jnp.array([0.05, -0.5]) * (i + 1)}
-    for i in range(4)
-]
-
-
-def run_optimizer(optimizer):
-    params, state = PARAMS, optimizer.init(PARAMS)
-    for grads in GRADS:
-        updates, state = optimizer.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-    return params
-
-
-def optim_config(**overrides):
-    c = base_config().optim
-    for key, value in overrides.items():
-        c[key] = value
-    return c
-
-
-@pytest.mark.parametrize(
-    "overrides,reference",
-    [
-        (dict(name="sgd", learning_rate=0.1), optax.sgd(0.1)),
-        (dict(name="momentum", learning_rate=0.1, momentum=0.8), optax.sgd(0.1, momentum=0.8)),
-        (dict(name="nesterov", learning_rate=0.1, momentum=0.8), optax.sgd(0.1, momentum=0.8, nesterov=True)),
-        (dict(name="momentum", nesterov=True, learning_rate=0.1), optax.sgd(0.1, momentum=0.9, nesterov=True)),
-        (dict(name="adam", learning_rate=0.01), optax.adam(0.01)),
-        (dict(name="adamw", learning_rate=0.01, weight_decay=0.1),
-         optax.adamw(0.01, weight_decay=0.1, mask=optim.kernels_mask)),
-        (dict(name="rmsprop", learning_rate=0.01), optax.rmsprop(0.01, decay=0.9, eps=1e-8)),
-        (dict(name="sgd", learning_rate=0.1, l2=0.5),
-         optax.chain(optax.add_decayed_weights(0.5, optim.kernels_mask), optax.sgd(0.1))),
-        (dict(name="sgd", learning_rate=0.1, clip_norm=0.2),
-         optax.chain(optax.clip_by_global_norm(0.2), optax.sgd(0.1))),
-    ],
-)  # fmt: skip
-def test_optimizer_factory_matches_optax_by_hand(overrides, reference):
-    ours = run_optimizer(optim.make_optimizer(optim_config(**overrides), steps_per_epoch=10, num_epochs=1))
-    theirs = run_optimizer(reference)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
-
-
-def test_coupled_l2_equals_adding_the_penalty_to_the_loss():
-    c = optim_config(name="sgd", learning_rate=0.1, l2=0.5)
-    updates, _ = optim.make_optimizer(c, 10, 1).update(GRADS[0], optim.make_optimizer(c, 10, 1).init(PARAMS), PARAMS)
-    penalty_grads = jax.grad(lambda p: 0.5 * 0.5 * jnp.sum(jnp.square(p["kernel"])))(PARAMS)
-    expected = jax.tree_util.tree_map(lambda g, h: -0.1 * (g + h), GRADS[0], penalty_grads)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, expected)
-
-
-def test_schedules_with_warmup():
-    def lr(**overrides):
-        return optim.learning_rate_schedule(
-            optim_config(learning_rate=1.0, **overrides), steps_per_epoch=10, num_epochs=10
-        )
-
-    assert float(lr()(57)) == 1.0
-    warm = lr(warmup_epochs=1.0)
-    assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.5) and float(warm(10)) == pytest.approx(1.0)
-    step = lr(schedule="step", decay_epochs=3.0, decay_rate=0.1)
-    assert float(step(29)) == pytest.approx(1.0) and float(step(30)) == pytest.approx(0.1)
-    assert float(lr(schedule="exponential", decay_epochs=1.0, decay_rate=0.5)(15)) == pytest.approx(0.5**1.5)
-    cosine = lr(schedule="cosine", warmup_epochs=2.0)
-    assert float(cosine(20)) == pytest.approx(1.0) and float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
-
-
-def test_learning_rate_lives_in_the_optimizer_state():
-    optimizer = optim.make_optimizer(optim_config(learning_rate=0.25, schedule="cosine"), 10, 1)
-    state = optimizer.init(PARAMS)
-    _, state = optimizer.update(GRADS[0], state, PARAMS)
-    assert float(optim.current_learning_rate(state)) == pytest.approx(0.25)  # the rate step 0 used
-    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.25)  # the peak, in the state
-    _, state = optimizer.update(GRADS[1], state, PARAMS)
-    assert float(optim.current_learning_rate(state)) == pytest.approx(0.25 * 0.5 * (1 + np.cos(np.pi / 10)))
-
-
 def test_initial_states_compile_once_per_model_and_depend_on_the_key():
     model = models.get("lenet", filters=(2, 3), hidden=(5,))
-    optimizer = optim.make_optimizer(optim_config(), 10, 1)
+    optimizer = optim.make_optimizer(base_config().optim, 10, 1)
     first = train.init_state(model, optimizer, (12, 12, 1), jax.random.key(0))
     compiled = train.init_state._cache_size()
     second = train.init_state(model, optimizer, (12, 12, 1), jax.random.key(1))
@@ -395,28 +272,6 @@ def test_initial_states_compile_once_per_model_and_depend_on_the_key():
     again = train.init_state(model, optimizer, (12, 12, 1), jax.random.key(0))
     jax.tree_util.tree_map(np.testing.assert_array_equal, first, again)
     assert int(first["step"]) == 0 and first["opt_state"] is not None
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def test_checkpoint_round_trip_and_architecture_mismatch(tmp_path):
-    state = {"step": jnp.array(7, jnp.int32), "params": {"conv1": {"kernel": jnp.arange(6.0).reshape(1, 1, 2, 3)}},
-             "opt_state": (jnp.ones(2),)}  # fmt: skip
-    manager = checkpoint.Checkpoints(tmp_path, keep=2)
-    for step in (1, 2, 3):
-        manager.save(step, state, {"best": step})
-    assert manager.periodic.all_steps() == [2, 3]  # keeps the last K
-    restored, meta = manager.restore(3, state)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)
-    assert meta == {"best": 3}
-    other = {**state, "params": {"conv1": {"kernel": jnp.zeros((1, 1, 2, 4))}}}
-    with pytest.raises(ValueError, match=r"different architecture .*conv1.*kernel.*checkpoint \(1, 1, 2, 3\) vs model "
-                                         r"\(1, 1, 2, 4\).*new --workdir"):  # fmt: skip
-        manager.restore(3, other)
-    manager.close()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from cnnjax import config, models, summary, train, visualize
 from cnnjax import functional as F
-from tests.test_train import small_config
+from tests.fakes import small_config
 
 KEY = jax.random.key(0)
 ZOO = ["lenet", "cifar_cnn", "alexnet", "vgg", "nin", "googlenet", "resnet", "resnet9"]
