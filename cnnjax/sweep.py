@@ -213,8 +213,8 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         metrics.write_json(workdir / "results.json", {"status": "running", "executor": "vectorized"})
         writers.append(metrics.MetricsWriter(workdir, 0))
     alive = jnp.ones(k, bool)
-    best = np.full(k, -1.0)
-    best_epoch, waiting, stopped = np.zeros(k, int), np.zeros(k, int), np.zeros(k, bool)
+    metas = [train.initial_meta() for _ in configs]
+    has_validation = len(val_labels) > 0
     train_time = 0.0
     for epoch in range(c.num_epochs):
         epoch_start = time.time()
@@ -224,42 +224,36 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
             state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(step_index), key, alive)
         sums = np.asarray(state["epoch_sums"], np.float64)
         elapsed = time.time() - epoch_start  # training only, as in a solo run's epoch record
-        val = _group_evaluate(group_eval, state, val_images, val_labels, base.data.eval_batch_size)
+        val = _group_evaluations(group_eval, state, val_images, val_labels, base.data.eval_batch_size)
         train_time += elapsed
         alive_host, learning_rates = np.asarray(alive), np.asarray(step_metrics["learning_rate"])
-        improved = (val[:, 1] > best) & alive_host & ~stopped
+        running = [alive_host[m] and not metas[m]["stopped_early"] for m in range(k)]
+        improved = np.array([running[m] and has_validation and
+                             train.update_best(metas[m], epoch + 1, val[m].accuracy, c.early_stopping_patience)
+                             for m in range(k)])  # fmt: skip
         best_params = _where_members(improved, state["params"], best_params)
         for m in range(k):
-            if improved[m]:
-                best[m], best_epoch[m], waiting[m] = val[m, 1], epoch + 1, 0
-            elif alive_host[m] and not stopped[m]:
-                waiting[m] += 1
-                stopped[m] = bool(c.early_stopping_patience) and waiting[m] >= c.early_stopping_patience
             if alive_host[m]:
-                writers[m].write({
-                    "kind": "epoch", "step": (epoch + 1) * steps_per_epoch, "epoch": epoch + 1,
-                    "train_loss": sums[m, 0] / sums[m, 2], "train_accuracy": sums[m, 1] / sums[m, 2],
-                    "val_loss": val[m, 0], "val_accuracy": val[m, 1], "learning_rate": float(learning_rates[m]),
-                    "elapsed_s": elapsed, "images_per_sec": k * steps_per_epoch * batch_size / elapsed,
-                })  # fmt: skip
+                writers[m].write(train.make_epoch_record(
+                    (epoch + 1) * steps_per_epoch, epoch + 1, sums[m], learning_rates[m], elapsed,
+                    k * steps_per_epoch * batch_size / elapsed, val[m] if has_validation else None,
+                ))  # fmt: skip
         metrics.log_line(
             f"epoch {epoch + 1:>3}/{c.num_epochs}  group of {k}: val acc "
-            + " ".join("diverged" if not a else f"{100 * v:.2f}%" for a, v in zip(alive_host, val[:, 1]))
+            + " ".join("diverged" if not a else f"{100 * v.accuracy:.2f}%" for a, v in zip(alive_host, val))
             + f"  {elapsed:.1f} s"
         )
-        if np.all(stopped | ~alive_host):
+        if not any(alive_host[m] and not metas[m]["stopped_early"] for m in range(k)):
             break
-    test_totals = _group_totals(
+    test = _group_evaluations(
         group_eval, {**state, "params": best_params}, test_images, test_labels, base.data.eval_batch_size
     )
-    test = [train.evaluation_of(member) for member in test_totals]
     results = []
     for m, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers)):
         if alive_host[m]:  # the tested parameters as the member's best checkpoint: cnnjax.load uses them
             checkpoints = Checkpoints(workdir / "checkpoints", 1)
-            member_meta = {"best_val_accuracy": float(best[m]), "best_epoch": int(best_epoch[m])}
-            checkpoints.save_best(int(best_epoch[m]) * steps_per_epoch,
-                                  _member({**state, "params": best_params}, m), member_meta)  # fmt: skip
+            checkpoints.save_best(metas[m]["best_epoch"] * steps_per_epoch,
+                                  _member({**state, "params": best_params}, m), metas[m])  # fmt: skip
             checkpoints.close()
             writer.write({"kind": "test", "step": (epoch + 1) * steps_per_epoch, "test_loss": test[m].loss,
                           "test_accuracy": test[m].accuracy, "test_top5_accuracy": test[m].top5_accuracy})  # fmt: skip
@@ -267,25 +261,19 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         records = metrics.read_records(workdir / "metrics.jsonl")
         if records:
             plots.learning_curves(records, workdir / "learning_curves.png", title=f"{config.model.name} (vectorized)")
-        result = {
-            "status": "done" if alive_host[m] else "diverged",
-            "executor": "vectorized",
-            "group_size": k,
-            **(
-                train.test_results(test[m], splits.class_names)
-                if alive_host[m]
-                else {"test_accuracy": None, "test_loss": None}
-            ),  # fmt: skip
-            "val_accuracy": float(best[m]) if best[m] >= 0 else None,
-            "best_epoch": int(best_epoch[m]),
-            "epochs": epoch + 1,
-            "stopped_early": bool(stopped[m]),
-            "params": train.count_params(_member(best_params, m)),
-            "train_time_s": train_time / k,
-            "wall_time_s": (time.time() - started) / k,
-        }
-        if not alive_host[m]:
-            result["error"] = "training diverged: the loss became non-finite; this member was frozen (vectorized)"
+        common = {"executor": "vectorized", "group_size": k}
+        if alive_host[m]:
+            result = train.run_results(
+                test[m], splits.class_names, metas[m] if has_validation else None, epochs=epoch + 1,
+                params=train.count_params(_member(best_params, m)), train_time_s=train_time / k,
+                wall_time_s=(time.time() - started) / k, **common,
+            )  # fmt: skip
+        else:
+            error = "training diverged: the loss became non-finite; this member was frozen (vectorized)"
+            best_epoch = metas[m]["best_epoch"]
+            result = {"status": "diverged", "test_accuracy": None, "test_loss": None, "best_epoch": best_epoch,
+                      "val_accuracy": metas[m]["best_val_accuracy"] if best_epoch else None, "epochs": epoch + 1,
+                      "params": train.count_params(_member(best_params, m)), "error": error, **common}  # fmt: skip
         metrics.write_json(workdir / "results.json", result)
         results.append(result)
     return results
@@ -326,21 +314,15 @@ def _group_steps(train_fn, eval_fn, xla: backend.XlaOptions, axis_name: str | No
     return group_step, group_eval
 
 
-def _group_totals(group_eval, state, images, labels, batch_size: int) -> np.ndarray:
-    """(K, 4 + C * C) summed evaluation vectors of every member over a split (see ``train.eval_step_fn``)."""
+def _group_evaluations(group_eval, state, images, labels, batch_size: int) -> list:
+    """Every member's ``train.Evaluation`` of a split (NaN metrics where the split is empty)."""
+    if len(labels) == 0:
+        return [train.Evaluation(np.nan, np.nan, np.nan, None)] * state["step"].shape[0]
     index, weights = data.eval_batches(len(labels), batch_size)
     totals = 0.0
     for batch_index, batch_weights in zip(index, weights):
         totals = totals + group_eval(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
-    return np.asarray(totals, np.float64)
-
-
-def _group_evaluate(group_eval, state, images, labels, batch_size: int) -> np.ndarray:
-    """(K, 2) mean loss and accuracy of every member over a split (NaN where the split is empty)."""
-    if len(labels) == 0:
-        return np.full((state["step"].shape[0], 2), np.nan)
-    totals = _group_totals(group_eval, state, images, labels, batch_size)
-    return totals[:, :2] / totals[:, 2:3]
+    return [train.evaluation_of(member) for member in np.asarray(totals, np.float64)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -490,7 +490,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     state, train_key = run_state(config, model, optimizer, splits.image_shape)
     trainable = trainable_params(state["params"], c.freeze)
     checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)
-    meta = {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
+    meta = initial_meta()
     latest = checkpoints.latest_step()
     if latest is None and c.init_from:
         state, meta["warm_start"] = warm_start(state, c.init_from)
@@ -549,21 +549,15 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 checkpoints.save(step, state, meta)
         bar.close()
         epoch_time = time.time() - epoch_start
-        loss_sum, accuracy_sum, steps = (float(v) for v in np.asarray(state["epoch_sums"], np.float64))
-        epoch_record = {
-            "kind": "epoch",
-            "step": step,
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / steps,
-            "train_accuracy": accuracy_sum / steps,
-            "learning_rate": record["learning_rate"],
-            "elapsed_s": epoch_time,
-            "images_per_sec": (steps_per_epoch - offset) * batch_size / epoch_time,
-        }
+        images_per_sec = (steps_per_epoch - offset) * batch_size / epoch_time
+        val = None
         if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs):
             val = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh)
-            epoch_record.update(val_loss=val.loss, val_accuracy=val.accuracy, val_top5_accuracy=val.top5_accuracy)
-            _early_stopping(meta, epoch_record, c.early_stopping_patience)
+            update_best(meta, epoch + 1, val.accuracy, c.early_stopping_patience)
+        epoch_record = make_epoch_record(
+            step, epoch + 1, np.asarray(state["epoch_sums"]), record["learning_rate"], epoch_time, images_per_sec, val
+        )
+        if val is not None:
             if epoch_callback is not None:
                 epoch_callback(epoch + 1, epoch_record["val_accuracy"])
             if meta["best_epoch"] == epoch + 1:
@@ -588,21 +582,12 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     train_time = sum(r["elapsed_s"] for r in epoch_records)
     if chief:
         plots.learning_curves(records, workdir / "learning_curves.png", title=title)
-    results = {
-        "status": "done",
-        **test_results(test, splits.class_names),
-        "val_accuracy": meta["best_val_accuracy"] if has_validation else None,
-        "best_epoch": meta["best_epoch"] if has_validation else c.num_epochs,
-        "epochs": step // steps_per_epoch,
-        "stopped_early": meta["stopped_early"],
-        "steps": step,
-        "params": count_params(final_state["params"]),
-        "trainable_params": trainable,
-        "train_time_s": train_time,
-        "images_per_sec": sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
-        "time_to_first_step_s": first_step_s,
-        "wall_time_s": time.time() - started,
-    }
+    results = run_results(
+        test, splits.class_names, meta if has_validation else None, epochs=step // steps_per_epoch,
+        params=count_params(final_state["params"]), train_time_s=train_time, wall_time_s=time.time() - started,
+        steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s,
+        images_per_sec=sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
+    )  # fmt: skip
     if "warm_start" in meta:
         results["warm_start"] = meta["warm_start"]
     if chief:
@@ -614,14 +599,58 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     return results
 
 
-def _early_stopping(meta: dict, epoch_record: dict, patience: int) -> None:
-    """Updates the best validation accuracy and the patience count in ``meta``."""
-    if epoch_record["val_accuracy"] > meta["best_val_accuracy"]:
-        meta.update(best_val_accuracy=epoch_record["val_accuracy"], best_epoch=epoch_record["epoch"])
-        meta["evals_without_improvement"] = 0
-    else:
-        meta["evals_without_improvement"] += 1
-        meta["stopped_early"] = bool(patience) and meta["evals_without_improvement"] >= patience
+# ----------------------------------------------------------------------------------------------------------------------
+# Run bookkeeping, shared by a solo run and the members of a vectorized sweep group (cnnjax.sweep.train_group)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def initial_meta() -> dict:
+    """A run's early-stopping bookkeeping before its first validation (saved with every checkpoint)."""
+    return {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
+
+
+def update_best(meta: dict, epoch: int, val_accuracy: float, patience: int) -> bool:
+    """Records validation accuracy ``val_accuracy`` of ``epoch`` in ``meta`` (best so far, the patience count, whether
+    ``patience`` evaluations without improvement have passed); returns whether it is the new best."""
+    if val_accuracy > meta["best_val_accuracy"]:
+        meta.update(best_val_accuracy=val_accuracy, best_epoch=epoch, evals_without_improvement=0)
+        return True
+    meta["evals_without_improvement"] += 1
+    meta["stopped_early"] = bool(patience) and meta["evals_without_improvement"] >= patience
+    return False
+
+
+def make_epoch_record(step: int, epoch: int, epoch_sums: np.ndarray, learning_rate: float, elapsed_s: float,
+                      images_per_sec: float, val: Evaluation | None = None) -> dict:  # fmt: skip
+    """The ``kind: epoch`` record of metrics.jsonl: training loss and accuracy from the epoch's running sums (loss,
+    accuracy, steps) (3,), the learning rate, timing, and the validation metrics when ``val`` is given."""
+    loss_sum, accuracy_sum, steps = (float(v) for v in np.asarray(epoch_sums, np.float64))
+    record = {
+        "kind": "epoch", "step": step, "epoch": epoch, "train_loss": loss_sum / steps,
+        "train_accuracy": accuracy_sum / steps, "learning_rate": float(learning_rate), "elapsed_s": elapsed_s,
+        "images_per_sec": images_per_sec,
+    }  # fmt: skip
+    if val is not None:
+        record.update(val_loss=val.loss, val_accuracy=val.accuracy, val_top5_accuracy=val.top5_accuracy)
+    return record
+
+
+def run_results(test: Evaluation, class_names, meta: dict | None, *, epochs: int, params: int, train_time_s: float,
+                wall_time_s: float, **extra) -> dict:  # fmt: skip
+    """A finished run's ``results.json``: status done, the test metrics (``test_results``), the best validation
+    accuracy and its epoch from ``meta`` (None without a validation split: the last epoch), and ``extra``."""
+    return {
+        "status": "done",
+        **test_results(test, class_names),
+        "val_accuracy": meta["best_val_accuracy"] if meta else None,
+        "best_epoch": meta["best_epoch"] if meta else epochs,
+        "epochs": epochs,
+        "stopped_early": bool(meta and meta["stopped_early"]),
+        "params": params,
+        "train_time_s": train_time_s,
+        "wall_time_s": wall_time_s,
+        **extra,
+    }
 
 
 def _diverged(workdir: Path, step: int, record: dict, checkpoints: Checkpoints, writer) -> None:

@@ -1,0 +1,175 @@
+"""Renders the figures of README.md and docs/performance.md from the result files in bench/results/.
+
+    python bench/render_docs.py          # rewrites the marked blocks in place
+    python bench/render_docs.py --check  # exits 1 if a document differs from its result files
+
+A block between ``<!-- render:NAME -->`` and ``<!-- /render:NAME -->`` is replaced by ``BLOCKS[NAME]()``, so a
+figure in the documents cannot drift from the file it was measured into (tests/test_docs.py checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "performance.md")
+EXPERIMENT_ORDER = ("lenet", "lenet5_classic", "mnist_cnn", "resnet9")
+TORCH_MODELS = {"lenet": "LeNet", "mnist_cnn": "MNIST CNN", "cifar_cnn": "`cifar_cnn`", "resnet20": "ResNet-20",
+                "resnet9": "ResNet-9"}  # fmt: skip
+
+
+def _results(prefix: str) -> list[tuple[Path, dict]]:
+    return [(path, json.loads(path.read_text())) for path in sorted(RESULTS.glob(f"{prefix}-*.json"))]
+
+
+def hardware(result: dict) -> str:
+    """'2-core Intel(R) Xeon(R) Processor (AVX512), jax 0.10.2' from a result file's fields."""
+    isa = f" ({result['vector_isa'].upper()})" if result.get("vector_isa") else ""
+    return f"{result['cores']}-core {result['cpu']}{isa}, jax {result['jax']}"
+
+
+def _link(path: Path, base: Path) -> str:
+    return f"[{path.stem}]({Path('..') / path.relative_to(ROOT) if base != ROOT else path.relative_to(ROOT)})"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def experiments_table(base: Path = ROOT) -> str:
+    """The results table: one row per experiment-*.json, in EXPERIMENT_ORDER."""
+    rows = {r["benchmark"].removeprefix("experiment-"): (p, r) for p, r in _results("experiment")}
+    lines = [
+        "| experiment | params | test accuracy (val) | wall time | hardware | command | result file |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for name in sorted(rows, key=lambda n: (EXPERIMENT_ORDER + (n,)).index(n)):
+        path, r = rows[name]
+        lines.append(
+            f"| `{name}` | {r['params']:,} | {100 * r['test_accuracy']:.2f}% ({100 * r['val_accuracy']:.2f}%) | "
+            f"{_minutes(r['process_wall_s'])} | {hardware(r)} | `{r['command']}` | {_link(path, base)} |"
+        )
+    return "\n".join(lines)
+
+
+def vs_pytorch(base: Path = ROOT) -> str:
+    """One line per model: cnnjax's and PyTorch's images/s and their ratio."""
+    found = {r["model"]: (p, r) for p, r in _results("vs_pytorch")}
+    lines = []
+    for model, label in TORCH_MODELS.items():
+        if model in found:
+            path, r = found[model]
+            rates = r["images_per_sec"]
+            lines.append(
+                f"- {label}: {rates['cnnjax']:,.0f} vs {rates['torch_eager']:,.0f} images/s, "
+                f"**{r['ratio_vs_torch']:.2f}x** (oneDNN's convolutions {r['onednn_gain']:.2f}x XLA's; "
+                f"{hardware(r)}, torch {r['torch']}; {_link(path, base)})"
+            )
+    return "\n".join(lines)
+
+
+def _single(name: str) -> tuple[Path, dict] | None:
+    found = _results(name)
+    return found[0] if found else None
+
+
+def _missing(name: str) -> str:
+    return f"(not measured yet: `PYTHONPATH=. .venv/bin/python bench/{name}.py`)"
+
+
+def conv_lowerings(base: Path = ROOT) -> str:
+    """Per layer: each lowering's forward+backward milliseconds, and XLA's time over the fastest other lowering."""
+    if (found := _single("conv_lowering")) is None:
+        return _missing("conv_lowering")
+    path, r = found
+    names = list(next(iter(r["convolutions"].values()))["median_s"])
+    lines = [f"| layer (batch {r['batch']}) | " + " | ".join(names) + " | XLA / fastest |",
+             "| --- |" + " ---: |" * (len(names) + 1)]  # fmt: skip
+    for label, entry in r["convolutions"].items():
+        cells = " | ".join(f"{1e3 * entry['median_s'][n]:.2f}" for n in names)
+        lines.append(f"| {label} | {cells} | {entry['xla_over_fastest']:.2f}x ({entry['fastest_not_xla']}) |")
+    return "\n".join(lines) + f"\n\nmilliseconds; {hardware(r)}; {_link(path, base)}"
+
+
+def max_pools(base: Path = ROOT) -> str:
+    """Per pooling layer: reduce_window's forward+backward time over cnnjax's."""
+    if (found := _single("conv_lowering")) is None:
+        return _missing("conv_lowering")
+    path, r = found
+    parts = [f"{label}: {entry['reduce_window_over_cnnjax']:.2f}x" for label, entry in r["max_pool"].items()]
+    return "; ".join(parts) + f" ({hardware(r)}; {_link(path, base)})"
+
+
+def xla_options(base: Path = ROOT) -> str:
+    """Per model: images/s under each XLA:CPU setting as a ratio to XLA's default."""
+    if (found := _single("xla_options")) is None:
+        return _missing("xla_options")
+    path, r = found
+    settings = list(next(iter(r["images_per_sec"].values())))
+    lines = ["| model | " + " | ".join(settings) + " |", "| --- |" + " ---: |" * len(settings)]
+    for model, rates in r["images_per_sec"].items():
+        lines.append(f"| {model} | " + " | ".join(f"{rates[s] / rates['default']:.2f}x" for s in settings) + " |")
+    return "\n".join(lines) + f"\n\nimages/s relative to XLA's default; {hardware(r)}; {_link(path, base)}"
+
+
+def sweep_crossover(base: Path = ROOT) -> str:
+    """Vectorized group over sequential trials, per batch size."""
+    found = _results("sweep_vectorized")
+    if not found:
+        return _missing("sweep_vectorized")
+    lines = []
+    for path, r in found:
+        ratios = ", ".join(f"{v:.2f}x at batch {b}" for b, v in r["vectorized_over_sequential"].items())
+        lines.append(f"- {r['members']} {r['model']} trials: {ratios} ({hardware(r)}; {_link(path, base)})")
+    return "\n".join(lines)
+
+
+def cpu_devices(base: Path = ROOT) -> str:
+    """Per model: two CPU devices' images/s over one device's."""
+    if (found := _single("cpu_devices")) is None:
+        return _missing("cpu_devices")
+    path, r = found
+    parts = [f"{model} {rates['ratio']:.2f}x" for model, rates in r["images_per_sec"].items()]
+    return f"{r['devices']} devices over one: " + ", ".join(parts) + f" ({hardware(r)}; {_link(path, base)})"
+
+
+BLOCKS = {
+    "experiments": experiments_table,
+    "vs_pytorch": vs_pytorch,
+    "conv_lowerings": conv_lowerings,
+    "max_pools": max_pools,
+    "xla_options": xla_options,
+    "sweep_crossover": sweep_crossover,
+    "cpu_devices": cpu_devices,
+}
+
+
+def render(text: str, base: Path = ROOT) -> str:
+    """``text`` with every marked block re-rendered; ``base``: the document's directory (for relative links)."""
+
+    def block(match: re.Match) -> str:
+        name = match.group(1)
+        return f"<!-- render:{name} -->\n{BLOCKS[name](base)}\n<!-- /render:{name} -->"
+
+    return re.sub(r"<!-- render:(\w+) -->.*?<!-- /render:\1 -->", block, text, flags=re.S)
+
+
+def main() -> None:
+    stale = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        rendered = render(text, document.parent)
+        if rendered != text:
+            stale.append(document)
+            if "--check" not in sys.argv:
+                document.write_text(rendered)
+    if stale and "--check" in sys.argv:
+        sys.exit(f"out of date with bench/results: {', '.join(str(p.relative_to(ROOT)) for p in stale)}")
+
+
+if __name__ == "__main__":
+    main()
