@@ -43,3 +43,21 @@ def test_nothing_points_outside_the_repository():
     files = [*DOCUMENTS, *ROOT.glob("cnnjax/**/*.py"), *ROOT.glob("experiments/*.py"), ROOT / "launch.py"]
     for path in files:
         assert "../shared" not in path.read_text(), path
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_the_example_notebook_runs():
+    """Runs every code cell of examples/quickstart.ipynb in one namespace, as a kernel would."""
+    import json
+
+    import jax
+
+    notebook = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
+    namespace = {}
+    with jax.numpy_dtype_promotion("standard"):
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                exec(compile("".join(cell["source"]), "quickstart.ipynb", "exec"), namespace)  # noqa: S102
+    assert namespace["results"]["test_accuracy"] > 0.7 and namespace["probabilities"].shape == (5, 3)
