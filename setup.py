@@ -1,5 +1,6 @@
-"""Builds cnnjax's one compiled part, the oneDNN convolution handler for XLA:CPU (cnnjax/csrc/onednn_conv.cc, see
-cnnjax/onednn.py), against the XLA FFI headers of jaxlib and the oneDNN of the onednn-devel-cpu-gomp wheel (build
+"""Builds cnnjax's one compiled part, the oneDNN convolution handler for XLA:CPU
+(cnnjax/lowering/csrc/onednn_conv.cc, see cnnjax/lowering/onednn.py), against the XLA FFI headers of jaxlib and the
+oneDNN of the onednn-devel-cpu-gomp wheel (build
 requirements in pyproject.toml). Optional: where it cannot be built, cnnjax installs without it and conv2d uses
 XLA's own convolutions."""
 
@@ -30,11 +31,13 @@ def onednn_extension() -> list[Extension]:
         return []
     return [
         Extension(
-            "cnnjax._onednn_conv",
-            sources=["cnnjax/csrc/onednn_conv.cc"],
+            "cnnjax.lowering._onednn_conv",
+            sources=["cnnjax/lowering/csrc/onednn_conv.cc"],
             include_dirs=include_dirs,
             library_dirs=library_dirs,
-            libraries=[":libdnnl.so.3"],  # loaded at run time from the onednn-cpu-gomp wheel (cnnjax/onednn.py)
+            libraries=[
+                ":libdnnl.so.3"
+            ],  # loaded at run time from the onednn-cpu-gomp wheel (cnnjax/lowering/onednn.py)
             extra_compile_args=["-std=c++20", "-O2", "-fopenmp", "-Wno-return-type"],
             extra_link_args=["-fopenmp"],
             language="c++",

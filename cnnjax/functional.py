@@ -2,8 +2,9 @@
 
 Every function takes arrays plus keyword-only hyperparameters and returns arrays. Images are NHWC, convolution
 kernels HWIO: ``(kh, kw, in_channels // groups, out_channels)``. Everything is jittable, vmappable and
-differentiable; randomness comes in as an explicit key. This module imports jax only (and :mod:`cnnjax.onednn`, its
-oneDNN lowering).
+differentiable; randomness comes in as an explicit key. This module imports jax only (and :mod:`cnnjax.lowering`,
+how ``conv2d`` runs on each backend, whose ``conv_lowering``, ``default_conv_lowering``, ``CONV_LOWERINGS``,
+``band_block`` and ``MEMBER_AXIS`` are importable from here).
 
 Output sizes are computed in one place, :func:`conv_output_size`, with the formula of the source material,
 ``out = floor((n + p_total - d * (k - 1) - 1) / s) + 1``; :func:`conv_output_shape` and :func:`pool_output_shape`
@@ -12,19 +13,18 @@ apply it to whole NHWC shapes and raise one clear ``ValueError`` when a layer ca
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from cnnjax import onednn
+from cnnjax.lowering.choice import CONV_LOWERINGS, chosen_lowering, conv_lowering, default_conv_lowering  # noqa: F401
+from cnnjax.lowering.convs import CONVS, band_block, strided_views  # noqa: F401
+from cnnjax.lowering.members import MEMBER_AXIS, mapped_over_members, one_conv_per_member  # noqa: F401
 
 Array = jax.Array
 IntOrPair = Union[int, Sequence[int]]
@@ -192,63 +192,6 @@ def pool_output_shape(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-CONV_LOWERINGS = ("xla", "patches", "banded", "onednn")
-_FORCED_LOWERING: contextvars.ContextVar[str | None] = contextvars.ContextVar("conv_lowering", default=None)
-
-
-@contextlib.contextmanager
-def conv_lowering(lowering: str) -> Iterator[None]:
-    """Makes every :func:`conv2d` traced inside the block that does not name its own ``lowering`` use ``lowering``.
-
-    ``with conv_lowering('xla'): jax.export.export(jax.jit(f))(...)`` gives a portable program: 'onednn' is an XLA
-    custom call that exists only in a process that loaded cnnjax's handler, so serialized or exported programs must
-    not contain it. It acts when a function is traced: JAX caches traces per function, so trace a function in the
-    block that was not traced outside it (and the other way round), e.g. a new ``jax.jit(lambda ...)``.
-    """
-    if lowering not in CONV_LOWERINGS:
-        raise ValueError(f"conv_lowering: lowering must be one of {CONV_LOWERINGS}, got {lowering!r}")
-    token = _FORCED_LOWERING.set(lowering)
-    try:
-        yield
-    finally:
-        _FORCED_LOWERING.reset(token)
-
-
-def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = None, dtype=jnp.float32) -> str:
-    """The fastest lowering for an HWIO kernel and input ``dtype`` on ``backend`` ('cpu', 'gpu', 'tpu'; None: JAX's
-    default backend).
-
-    The rules, each measured by bench/conv_lowering.py and bench/vs_pytorch.py (reasons and figures in
-    docs/performance.md):
-
-    - GPU and TPU: 'xla' (``lax.conv_general_dilated``).
-    - CPU, float32, oneDNN's handler built (:mod:`cnnjax.onednn`) and one CPU device: 'onednn', the fastest for every
-      benchmarked layer forward and backward on a 2-core CPU; except convolutions over at most 6 input channels where
-      a device has more than 2 cores, whose oneDNN primitives scale worse with cores than XLA's banded convolutions.
-    - Otherwise (another dtype, no handler, several CPU devices, which XLA's SPMD partitioner cannot split a custom
-      call over): 'banded' over at most 6 input channels, where XLA:CPU's convolution is weakest, else 'xla'.
-    """
-    if (backend or jax.default_backend()) != "cpu":
-        return "xla"
-    few_channels = kernel_shape[2] <= 6
-    if (
-        jnp.dtype(dtype) == jnp.float32
-        and onednn.available()
-        and jax.device_count("cpu") == 1
-        and (not few_channels or onednn.threads_per_device() <= 2)
-    ):
-        return "onednn"
-    return "banded" if few_channels else "xla"
-
-
-def band_block(out_width: int, channels: int) -> int:
-    """Output columns per block of the 'banded' lowering for ``channels`` input channels: the largest divisor of
-    ``out_width`` up to 4 for one channel, up to 2 for more, which ran those layers fastest on the CPU
-    (bench/conv_lowering.py)."""
-    limit = 4 if channels == 1 else 2
-    return max(b for b in range(1, min(limit, out_width) + 1) if out_width % b == 0)
-
-
 def conv2d(
     x: Array,
     kernel: Array,
@@ -288,143 +231,17 @@ def conv2d(
     groups of one grouped oneDNN convolution (8 LeNets trained 1.1-1.6x faster than with one call per member). With
     the other lowerings, inside ``jax.vmap(..., axis_name=MEMBER_AXIS)`` with both x and kernel mapped, each member's
     convolution runs on its own on the CPU instead of as one grouped XLA convolution, which XLA:CPU runs far slower
-    (see :func:`_one_conv_per_member`); such code is differentiable in reverse mode only.
+    (see :func:`cnnjax.lowering.members.one_conv_per_member`); such code is differentiable in reverse mode only.
     """
     conv_output_shape(x.shape, kernel.shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
     stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
     pads = explicit_padding(x.shape[1:3], kernel.shape[:2], stride, dilation, padding)
-    lowering = lowering or _FORCED_LOWERING.get() or default_conv_lowering(kernel.shape, dtype=x.dtype)
-    if lowering not in CONV_LOWERINGS:
-        raise ValueError(f"conv2d: lowering must be one of {CONV_LOWERINGS} or None, got {lowering!r}")
-    conv = functools.partial(_CONVS[lowering], stride=stride, dilation=dilation, pads=pads, groups=groups)
-    if lowering != "onednn" and jax.default_backend() == "cpu" and _mapped_over_members():
-        conv = _one_conv_per_member(conv)
+    lowering = chosen_lowering(kernel.shape, x.dtype, lowering)
+    conv = functools.partial(CONVS[lowering], stride=stride, dilation=dilation, pads=pads, groups=groups)
+    if lowering != "onednn" and jax.default_backend() == "cpu" and mapped_over_members():
+        conv = one_conv_per_member(conv)
     y = conv(x, kernel)
     return y if bias is None else y + per_channel(bias, y.ndim)
-
-
-def _conv_xla(x: Array, kernel: Array, stride, dilation, pads, groups: int) -> Array:
-    """conv2d as ``lax.conv_general_dilated``: x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, Ho, Wo, O)."""
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=stride,
-        padding=pads,
-        rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
-
-
-def _conv_patches(x: Array, kernel: Array, stride, dilation, pads, groups: int) -> Array:
-    """conv2d as patches @ kernel: x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
-    kh, kw, group_in, out_channels = kernel.shape
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    n, h, w, channels = x.shape
-    out_h = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    # in two passes, the kw shifts along the width, then kh shifts of those rows: copying runs of kw * C values is
-    # 2.5x faster on the CPU than gathering the kh * kw single-pixel views at once (LeNet's first layer)
-    rows = _concat_views(x, axis=2, taps=kw, step=dilation[1], stride=stride[1], size=out_w)  # (N, H, Wo, kw * C)
-    patches = _concat_views(rows, axis=1, taps=kh, step=dilation[0], stride=stride[0], size=out_h)  # (.., kh*kw*C)
-    if groups == 1:
-        return patches @ kernel.reshape(kh * kw * channels, out_channels)
-    patches = patches.reshape(n, out_h, out_w, kh * kw, groups, group_in)
-    grouped_kernel = kernel.reshape(kh * kw, group_in, groups, out_channels // groups)
-    return jnp.einsum("nhwkgc,kcgo->nhwgo", patches, grouped_kernel).reshape(n, out_h, out_w, out_channels)
-
-
-def _conv_banded(x: Array, kernel: Array, stride, dilation, pads, groups: int) -> Array:
-    """conv2d as ``lax.conv`` on the input's width folded into channels, :func:`band_block` output columns at a
-    time: x (N, H, W, C), kernel (kh, kw, C // groups, O) -> (N, H_out, W_out, O)."""
-    if groups > 1:  # one banded convolution per group; JAX batches them into one grouped convolution
-        grouped = lambda xg, kg: _conv_banded(xg, kg, stride, dilation, pads, 1)  # noqa: E731
-        x = x.reshape(*x.shape[:3], groups, -1)
-        kernel = kernel.reshape(*kernel.shape[:3], groups, -1)
-        y = jax.vmap(grouped, in_axes=(3, 3), out_axes=3)(x, kernel)
-        return y.reshape(*y.shape[:3], -1)
-    kh, kw, channels, out_channels = kernel.shape
-    n, h, w, _ = x.shape
-    (left, right), step = pads[1], stride[1]
-    out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // step + 1
-    block = band_block(out_w, channels)
-    blocks = out_w // block  # band_block divides out_w
-    fold = block * step  # input columns per folded pixel: one block's stride
-    taps = (block - 1) * step + (kw - 1) * dilation[1]  # the columns one block sees, past its first
-    band_width = taps // fold + 1  # folded pixels one block sees
-    width = fold * (blocks + band_width - 1)  # the padded input columns the blocks see, cropped or padded to this
-    x = jnp.pad(x, ((0, 0), (0, 0), (left, max(0, width - w - left)), (0, 0)))[:, :, :width]
-    folded = x.reshape(n, h, width // fold, fold * channels)  # free: the width's pixels are contiguous in NHWC
-    # band[u, f, t, c, a, o] = kernel[u, v, c, o] where folded pixel f, column t is output a's tap v
-    f, t, a, v = np.ix_(range(band_width), range(fold), range(block), range(kw))
-    selection = fold * f + t == step * a + dilation[1] * v
-    band = jnp.einsum("ftav,uvco->uftcao", selection.astype(kernel.dtype), kernel)
-    y = lax.conv_general_dilated(
-        folded,
-        band.reshape(kh, band_width, fold * channels, block * out_channels),
-        window_strides=(stride[0], 1),
-        padding=(pads[0], (0, 0)),
-        rhs_dilation=(dilation[0], 1),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-    return y.reshape(n, y.shape[1], out_w, out_channels)
-
-
-_CONVS = {"xla": _conv_xla, "patches": _conv_patches, "banded": _conv_banded, "onednn": onednn.conv}
-
-# The axis name under which a ``jax.vmap`` maps a stack of independent models (cnnjax.sweep's vectorized groups).
-MEMBER_AXIS = "members"
-
-
-def _mapped_over_members() -> bool:
-    """Whether this code runs inside ``jax.vmap(..., axis_name=MEMBER_AXIS)``."""
-    try:
-        lax.axis_size(MEMBER_AXIS)
-    except NameError:
-        return False
-    return True
-
-
-def _one_conv_per_member(conv):
-    """``conv(x, kernel)`` whose batching over members whose inputs and kernels both differ runs one convolution per
-    member, unrolled, forward and backward. JAX's own batching rule makes that one grouped convolution with a group
-    per member, which XLA:CPU rewrites into a dilated 3-D convolution, far slower: 8 LeNets trained together
-    1.1-1.9x faster this way at batches 8-128 (bench/sweep_vectorized.py --grouped_convs). Members that share the
-    input (a first layer) keep JAX's rule, which stacks their kernels into one convolution with all their output
-    channels. Reverse-mode only (``jax.custom_vjp``), which is what training needs."""
-    forward = _unrolled_when_both_mapped(conv)
-    backward = _unrolled_when_both_mapped(lambda x, kernel, dy: jax.vjp(conv, x, kernel)[1](dy))
-    member_conv = jax.custom_vjp(lambda x, kernel: forward(x, kernel))
-    member_conv.defvjp(lambda x, kernel: (forward(x, kernel), (x, kernel)), lambda saved, dy: backward(*saved, dy))
-    return member_conv
-
-
-def _unrolled_when_both_mapped(f):
-    """``f(x, kernel, ...)`` whose ``vmap`` calls f once per mapped element where x and the kernel are both mapped,
-    and is JAX's usual batching otherwise."""
-    f_mapped = jax.custom_batching.custom_vmap(f)
-
-    @f_mapped.def_vmap
-    def rule(axis_size: int, in_batched: list[bool], *args):
-        if in_batched[0] and in_batched[1]:
-            outs = [f_mapped(*(a[k] if mapped else a for a, mapped in zip(args, in_batched))) for k in range(axis_size)]
-            out = jax.tree_util.tree_map(lambda *members: jnp.stack(members), *outs)
-        else:
-            out = jax.vmap(f, in_axes=tuple(0 if mapped else None for mapped in in_batched))(*args)
-        return out, jax.tree_util.tree_map(lambda _: True, out)
-
-    return f_mapped
-
-
-def _views(x: Array, *, axis: int, taps: int, step: int, stride: int, size: int) -> list[Array]:
-    """The ``taps`` views of x along ``axis`` starting ``step`` apart, each ``size`` long with ``stride``."""
-    return [lax.slice_in_dim(x, t * step, t * step + (size - 1) * stride + 1, stride, axis) for t in range(taps)]
-
-
-def _concat_views(x: Array, *, axis: int, taps: int, step: int, stride: int, size: int) -> Array:
-    """:func:`_views` concatenated on the channel axis: (..., C) -> (..., taps * C) with the tap index major."""
-    views = _views(x, axis=axis, taps=taps, step=step, stride=stride, size=size)
-    return views[0] if taps == 1 else jnp.concatenate(views, axis=-1)
 
 
 def _pool_geometry(x: Array, window: IntOrPair, stride, padding, layer: str):
@@ -468,7 +285,7 @@ def max_pool(x: Array, window: IntOrPair, *, stride: IntOrPair | None = None, pa
     x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=lowest)
     for axis in (2, 1):  # the width, then the height
         taps, step = window[axis - 1], stride[axis - 1]
-        views = _views(x, axis=axis, taps=taps, step=1, stride=step, size=(x.shape[axis] - taps) // step + 1)
+        views = strided_views(x, axis=axis, taps=taps, step=1, stride=step, size=(x.shape[axis] - taps) // step + 1)
         x = functools.reduce(_first_maximum, views)
     return x
 

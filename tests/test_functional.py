@@ -356,8 +356,8 @@ def test_onednn_lowering_refuses_other_dtypes_and_says_why_it_is_unavailable(mon
     x, kernel = jnp.zeros((1, 8, 8, 3), jnp.bfloat16), jnp.zeros((3, 3, 3, 4), jnp.bfloat16)
     with pytest.raises(ValueError, match=r"lowering='onednn' runs float32 only, got bfloat16 input .* lowering='xla'"):
         F.conv2d(x, kernel, lowering="onednn")
-    monkeypatch.setattr(onednn, "unavailable_reason", lambda: "the compiled handler is not in cnnjax/")
-    with pytest.raises(ValueError, match=r"'onednn' is not available: the compiled handler is not in cnnjax/"):
+    monkeypatch.setattr(onednn, "unavailable_reason", lambda: "the compiled handler is not in cnnjax/lowering/")
+    with pytest.raises(ValueError, match=r"'onednn' is not available: the compiled handler is not in cnnjax/lowering/"):
         F.conv2d(x.astype(jnp.float32), kernel.astype(jnp.float32), lowering="onednn")
 
 
