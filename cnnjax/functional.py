@@ -205,9 +205,21 @@ def conv2d(
 ) -> Array:
     """2-D convolution of an NHWC batch.
 
-    x: (N, H, W, C); kernel: (kh, kw, C // groups, O); bias: (O,) or None. Returns (N, H_out, W_out, O) with sizes
-    from :func:`conv_output_size`. ``groups`` splits the channels into independent convolutions (``groups == C`` is
-    a depthwise convolution); ``dilation`` spaces the kernel taps ``dilation`` pixels apart.
+    Args:
+      x: (N, H, W, C).
+      kernel: (kh, kw, C // groups, O).
+      bias: (O,) or None.
+      stride, dilation: ints or (height, width) pairs; ``dilation`` spaces the kernel taps apart.
+      padding: 'VALID', 'SAME', an int, a pair or ((top, bottom), (left, right)).
+      groups: independent convolutions over C / groups channels each (``groups == C``: depthwise).
+      lowering: the implementation (below); None chooses.
+
+    Returns:
+      (N, H_out, W_out, O), sizes from :func:`conv_output_size`; a kernel that does not fit is a ValueError naming
+      the shapes.
+
+    >>> conv2d(jnp.ones((2, 28, 28, 1)), jnp.ones((5, 5, 1, 6)), padding="SAME").shape
+    (2, 28, 28, 6)
 
     Like every deep-learning framework this computes a cross-correlation, ``out[i, j] = sum x[i*s + u, j*s + v] *
     k[u, v]``: the kernel is not flipped. A true (mathematical) convolution is the same operation with the kernel
@@ -269,13 +281,25 @@ def _tiles(x: Array, window, stride, pads) -> Array | None:
 
 
 def max_pool(x: Array, window: IntOrPair, *, stride: IntOrPair | None = None, padding: Padding = "VALID") -> Array:
-    """Max pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window; padding never wins.
+    """Max pooling.
 
-    Non-overlapping windows reduce a reshaped view (its gradient is a mask, several times faster on the CPU than
-    ``reduce_window``'s); other geometries (overlapping or padded windows) take the elementwise maxima of the
-    window's strided views, along the width, then the height: forward and backward 2.4-8x faster than
-    ``reduce_window`` on the CPU (AlexNet's and ``cifar_cnn``'s 3x3 stride-2 pools, GoogLeNet's 3x3 stride-1). The
-    gradient of a window's tied maxima goes to the first of them along the width, then the height.
+    Args:
+      x: (N, H, W, C).
+      window: the window's size, an int or (height, width).
+      stride: its step, an int or a pair (default: the window).
+      padding: 'VALID', 'SAME', an int, a pair or ((top, bottom), (left, right)); padding never wins the max.
+
+    Returns:
+      (N, H_out, W_out, C), sizes from :func:`conv_output_size`.
+
+    Non-overlapping windows reduce a reshaped view; overlapping or padded ones take the elementwise maxima of the
+    window's strided views, along the width, then the height: both faster than ``reduce_window`` on the CPU
+    (docs/performance.md). The gradient of a window's tied maxima goes to the first of them along the width, then
+    the height.
+
+    >>> max_pool(jnp.arange(16.0).reshape(1, 4, 4, 1), 2)[0, ..., 0]
+    Array([[ 5.,  7.],
+           [13., 15.]], dtype=float32)
     """
     window, stride, pads = _pool_geometry(x, window, stride, padding, "max_pool")
     tiles = _tiles(x, window, stride, pads)
@@ -304,7 +328,15 @@ def avg_pool(
     padding: Padding = "VALID",
     count_include_pad: bool = True,
 ) -> Array:
-    """Average pooling. x: (N, H, W, C) -> (N, H_out, W_out, C); stride defaults to the window.
+    """Average pooling.
+
+    Args:
+      x: (N, H, W, C).
+      window, stride, padding: as :func:`max_pool`.
+      count_include_pad: whether padding counts in each window's divisor.
+
+    Returns:
+      (N, H_out, W_out, C).
 
     With ``count_include_pad`` every window is divided by its full size (padding counts as zeros, as in PyTorch's
     default); otherwise by the number of real input pixels it covers (TensorFlow's 'SAME' behaviour).

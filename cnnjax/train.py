@@ -432,9 +432,18 @@ def _epoch_line(record: dict, num_epochs: int) -> str:
 def train_and_evaluate(config, workdir: str | Path, epoch_callback=None) -> dict:
     """Trains and evaluates the experiment ``config`` in ``workdir``; resumes if ``workdir`` holds checkpoints.
 
-    Returns the results dict also written to ``workdir/results.json``. Raises ``TrainingDiverged`` (after writing
-    ``status: diverged``) when the loss becomes non-finite. ``epoch_callback(epoch, val_accuracy)`` is called after
-    each validation (e.g. to report to a pruner, which may raise to stop the run).
+    Args:
+      config: a locked experiment config (``experiments/NAME.py:get_config()``), sections data, model, optim, train.
+      workdir: the run directory; created if missing, resumed if it holds checkpoints, returned as is if it holds
+        this config's finished run.
+      epoch_callback: ``(epoch, val_accuracy) -> None``, called after each validation (e.g. to report to a pruner,
+        which may raise to stop the run).
+
+    Returns:
+      The results dict also written to ``workdir/results.json``. The trained model: ``cnnjax.load(workdir)``.
+
+    Raises ``TrainingDiverged`` (after writing ``status: diverged``) when the loss becomes non-finite, and a
+    ValueError naming the key when the config cannot work.
     """
     started = time.time()
     model = check_config(config)

@@ -4,10 +4,10 @@ import doctest
 
 import pytest
 
-from cnnjax import models
+from cnnjax import functional, models
 
 
-@pytest.mark.parametrize("module", [models], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [functional, models], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
