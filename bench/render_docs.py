@@ -41,35 +41,43 @@ def _minutes(seconds: float) -> str:
 
 
 def experiments_table(base: Path = ROOT) -> str:
-    """The results table: one row per experiment-*.json, in EXPERIMENT_ORDER."""
+    """The results table: one row per experiment-*.json, in EXPERIMENT_ORDER, and the hardware they ran on."""
     rows = {r["benchmark"].removeprefix("experiment-"): (p, r) for p, r in _results("experiment")}
+    if not rows:
+        return _missing("experiment_runs")
     lines = [
-        "| experiment | params | test accuracy (val) | wall time | hardware | command | result file |",
-        "| --- | ---: | ---: | ---: | --- | --- | --- |",
+        "| experiment | params | test accuracy (val) | wall time | command | result file |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     for name in sorted(rows, key=lambda n: (EXPERIMENT_ORDER + (n,)).index(n)):
         path, r = rows[name]
         lines.append(
             f"| `{name}` | {r['params']:,} | {100 * r['test_accuracy']:.2f}% ({100 * r['val_accuracy']:.2f}%) | "
-            f"{_minutes(r['process_wall_s'])} | {hardware(r)} | `{r['command']}` | {_link(path, base)} |"
+            f"{_minutes(r['process_wall_s'])} | `{r['command']}` | {_link(path, base)} |"
         )
-    return "\n".join(lines)
+    machines = sorted({hardware(r) for _, r in rows.values()})
+    return "\n".join(lines) + f"\n\n{'; '.join(machines)}."
 
 
 def vs_pytorch(base: Path = ROOT) -> str:
-    """One line per model: cnnjax's and PyTorch's images/s and their ratio."""
+    """A table of cnnjax's and PyTorch's training images/s per model, their ratio and oneDNN's gain."""
     found = {r["model"]: (p, r) for p, r in _results("vs_pytorch")}
-    lines = []
+    if not found:
+        return _missing("vs_pytorch")
+    lines = [
+        "| model | cnnjax images/s | PyTorch eager | cnnjax / PyTorch | with / without oneDNN's convolutions | result file |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for model, label in TORCH_MODELS.items():
         if model in found:
             path, r = found[model]
             rates = r["images_per_sec"]
             lines.append(
-                f"- {label}: {rates['cnnjax']:,.0f} vs {rates['torch_eager']:,.0f} images/s, "
-                f"**{r['ratio_vs_torch']:.2f}x** (oneDNN's convolutions {r['onednn_gain']:.2f}x XLA's; "
-                f"{hardware(r)}, torch {r['torch']}; {_link(path, base)})"
+                f"| {label} | {rates['cnnjax']:,.0f} | {rates['torch_eager']:,.0f} | **{r['ratio_vs_torch']:.2f}x** | "
+                f"{r['onednn_gain']:.2f}x | {_link(path, base)} |"
             )
-    return "\n".join(lines)
+    first = next(iter(found.values()))[1]
+    return "\n".join(lines) + f"\n\n{hardware(first)}, torch {first['torch']}, batch {first['batch']}, Adam."
 
 
 def _single(name: str) -> tuple[Path, dict] | None:
