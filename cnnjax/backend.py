@@ -37,13 +37,13 @@ class XlaOptions(NamedTuple):
     """A config's per-program XLA settings (``config.train.xla_*``); hashable, so compiled steps can be cached by them.
     Each backend's compilations use its own and ignore the others'.
 
-    ``ynn_fusion``: comma-separated :data:`YNN_FUSION_TYPES` that YNNPACK runs, e.g. 'dot,eltwise,reduce' (ResNet-20's
-    step runs 1.27x faster with it than with cnnjax's default, LeNet's 0.55x: bench/xla_options.py); '' keeps the
-    process-wide setting (:data:`CPU_FLAGS`).
+    ``ynn_fusion``: comma-separated :data:`YNN_FUSION_TYPES` that YNNPACK runs, e.g. 'dot,eltwise,reduce' (faster for
+    some models, slower for others: docs/performance.md, bench/xla_options.py); '' keeps the process-wide setting
+    (:data:`CPU_FLAGS`).
     ``cse``: False turns off XLA's common-subexpression elimination. It merges the batch-norm scale's broadcast in the
     forward pass with the same broadcast in the backward pass; shared, the broadcast stays out of YNNPACK's fusions
-    and is written out at the activations' full size, 19 times per ResNet-20 step. Without it ResNet-20's step ran
-    1.03-1.09x faster, VGG-16-BN's 0.96x, ResNet-9's 0.89-1.11x (bench/xla_options.py). CPU compilations only.
+    and is written out at the activations' full size, 19 times per ResNet-20 step, which is why
+    ``experiments/resnet.py`` turns it off (docs/performance.md). CPU compilations only.
     ``gpu_deterministic``: XLA:GPU's deterministic operations (``xla_gpu_deterministic_ops``: no atomics in
     reductions and scatters, deterministic convolution algorithms), so that a run and its resume from a checkpoint
     are bitwise identical on a GPU as on the CPU; without it an H100 resumed to within 1 ulp only.

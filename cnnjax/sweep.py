@@ -163,7 +163,7 @@ VECTORIZED_KEYS = tuple(f"optim.{k}" for k in optim.INJECTED)
 def group_key(config) -> str:
     """Trials with equal keys differ only in ``VECTORIZED_KEYS`` and can train as one vmapped program. The seed is
     part of the key: the members of a group share their batches and augmentation (see :func:`_group_steps`), which
-    trained 8 learning rates 1.4x faster than members with their own seeds."""
+    is faster than members with batches of their own."""
     flat = json.loads(json.dumps(config.to_dict()))
     for key in VECTORIZED_KEYS:
         section, name = key.split(".")

@@ -23,8 +23,8 @@ def mapped_over_members() -> bool:
 def one_conv_per_member(conv):
     """``conv(x, kernel)`` whose batching over members whose inputs and kernels both differ runs one convolution per
     member, unrolled, forward and backward. JAX's own batching rule makes that one grouped convolution with a group
-    per member, which XLA:CPU rewrites into a dilated 3-D convolution, far slower: 8 LeNets trained together
-    1.1-1.9x faster this way at batches 8-128 (bench/sweep_vectorized.py --grouped_convs). Members that share the
+    per member, which XLA:CPU rewrites into a dilated 3-D convolution, far slower (bench/sweep_vectorized.py
+    --grouped_convs compares the two). Members that share the
     input (a first layer) keep JAX's rule, which stacks their kernels into one convolution with all their output
     channels. Reverse-mode only (``jax.custom_vjp``), which is what training needs."""
     forward = _unrolled_when_both_mapped(conv)

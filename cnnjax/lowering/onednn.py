@@ -63,8 +63,8 @@ def available() -> bool:
     return os.environ.get(OPT_OUT) != "0" and unavailable_reason() is None
 
 
-# oneDNN's threads per call at most: on a 16-core x86 CPU the Flax MNIST CNN's step ran 1.22x XLA's own convolutions
-# with 8, 1.13x with 4 and 0.97x with all 16 (bench/vs_pytorch.py, run with this value edited)
+# oneDNN's threads per call at most: on a 16-core x86 CPU more threads than 8 made the Flax MNIST CNN's step slower
+# than XLA's own convolutions (bench/vs_pytorch.py, run with this value edited)
 MAX_THREADS = 8
 
 
