@@ -168,7 +168,18 @@ def _contents_key(root: Path, files: dict[str, list[tuple[Path, int]]]) -> str:
 
 
 def load(root: str | Path, *, image_size: int = 0, channels: int = 0, cache_dir: str | Path) -> FolderImages:
-    """The images of ``root`` (see the module docstring), decoded once and cached under ``cache_dir/image_folder``."""
+    """The images of an image folder, decoded once and cached (see the module docstring).
+
+    Args:
+      root: the folder holding ``train/<class>/*`` and optionally ``test/<class>/*``.
+      image_size: resize every image to image_size x image_size (0: keep; then all must have one size).
+      channels: 1 grayscale, 3 RGB, 0 as decoded (then all must have one mode).
+      cache_dir: where ``image_folder/<key>/`` caches the arrays (``data.tfds_dir``).
+
+    Returns:
+      ``FolderImages``: uint8 (N, H, W, C) images (memory-mapped) and int64 labels per split, the class names and the
+      number of skipped non-image files. Every problem with the folder is a DataError naming it.
+    """
     if channels not in (0, *CHANNEL_MODES):
         raise DataError(f"config.data.channels={channels!r} is invalid: 0 (as decoded), 1 (grayscale) or 3 (RGB)")
     root = Path(root).expanduser().absolute()

@@ -176,12 +176,18 @@ def stack_examples(examples, image_key: str = "image", label_key: str = "label")
 
 
 def load(name: str, split: str, *, data_dir: str | None = None, tfds_dir: str | None = None):
-    """The raw ``split`` of dataset ``name`` as ``(images, labels)``: uint8 (N, H, W, C) and int64 (N,) arrays.
+    """The raw ``split`` of dataset ``name``.
 
-    name: a TFDS name. mnist, fashion_mnist, cifar10 and cifar100 need no TensorFlow; they are prepared once from
-    ``data_dir`` (a directory with the original files), Debian's package, TFDS's manual directory, or the internet.
-    Other TFDS image-classification datasets are read through TFDS (TensorFlow needed unless already prepared as
-    array_record). split: 'train' or 'test' (and any split the dataset has). tfds_dir: TFDS's data directory.
+    Args:
+      name: a TFDS name. mnist, fashion_mnist, cifar10 and cifar100 need no TensorFlow; they are prepared once from
+        ``data_dir``, Debian's package, TFDS's manual directory, or the internet. Other TFDS image-classification
+        datasets are read through TFDS (TensorFlow needed unless already prepared as array_record).
+      split: 'train' or 'test' (and any split the dataset has).
+      data_dir: a directory with the dataset's original files (any layout cnnjax reads), or None.
+      tfds_dir: TFDS's data directory (default ``~/tensorflow_datasets``).
+
+    Returns:
+      ``(images, labels)``: uint8 (N, H, W, C) and int64 (N,) arrays.
     """
     if name not in DATASETS:
         return _load_other(name, split, tfds_dir)
