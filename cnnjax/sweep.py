@@ -195,6 +195,7 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     model = train.check_config(base)
     started = time.time()
     splits = data.load_splits(base.data)
+    train.check_against_data(model, base.data, splits)
     images, labels = jax.device_put(splits.train)
     val_images, val_labels = jax.device_put(splits.validation)
     test_images, test_labels = jax.device_put(splits.test)

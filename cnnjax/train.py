@@ -72,6 +72,12 @@ def check_model(model, image_shape, num_classes: int | None) -> None:
         )
 
 
+def check_against_data(model, data_config, splits) -> None:
+    """For data whose shape and classes are only known once loaded (an image folder): ``check_model`` on them."""
+    if expected_image_shape(data_config) is None or data_config.name not in data.DATASETS:
+        check_model(model, splits.image_shape, splits.num_classes)
+
+
 def check_config(config):
     """Rejects every bad value with one clear line before data loading or compilation; returns the model."""
     config_lib.validate(config)
@@ -482,8 +488,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     c = config.train
     chief = parallel.is_chief()
     splits = data.load_splits(config.data)
-    if expected_image_shape(config.data) is None or config.data.name not in data.DATASETS:
-        check_model(model, splits.image_shape, splits.num_classes)
+    check_against_data(model, config.data, splits)
     if c.freeze:  # before compiling: a pattern that matches nothing is an error
         trainable_params(models.abstract_init(model, splits.image_shape)["params"], c.freeze)
     if chief:
