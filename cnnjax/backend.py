@@ -3,7 +3,7 @@ backends, and per-program options set by the config (:class:`XlaOptions`).
 
 XLA:CPU hands some of its operations to the YNNPACK library; by default matrix products and also reductions, which
 YNNPACK runs slower than XLA's own loops for the small models. Keeping YNNPACK for the matrix products only makes the
-LeNets' and the MNIST CNN's training steps faster; experiments whose models prefer another setting set it per program
+LeNet's and the MNIST CNN's training steps faster; experiments whose models prefer another setting set it per program
 (``train.xla_cpu_ynn_fusion``; docs/performance.md, bench/xla_options.py). The flags only concern the CPU backend;
 GPU and TPU runs ignore them. ``CNNJAX_XLA_FLAGS=0`` turns them off.
 """
