@@ -82,13 +82,14 @@ def balance_classes(images: np.ndarray, labels: np.ndarray, mode: str, seed: int
     return images[index], labels[index]
 
 
-def pad_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pads (N, H, W, C) images symmetrically to (N, size, size, C), e.g. 28x28 digits to LeNet-5's 32x32."""
+def pad_images(images, size: int, pad=np.pad):
+    """Zero-pads (N, H, W, C) images symmetrically to (N, size, size, C), e.g. 28x28 digits to LeNet-5's 32x32.
+    ``pad``: ``np.pad``, or ``jnp.pad`` for traced arrays."""
     h, w = images.shape[1:3]
     if size < max(h, w):
         raise ValueError(f"data.pad_to={size} is smaller than the {h}x{w} images; use 0 (no padding) or >= {max(h, w)}")
     top, left = (size - h) // 2, (size - w) // 2
-    return np.pad(images, ((0, 0), (top, size - h - top), (left, size - w - left), (0, 0)))
+    return pad(images, ((0, 0), (top, size - h - top), (left, size - w - left), (0, 0)))
 
 
 def fit_standardize(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,9 +169,7 @@ class Preprocessing:
         def preprocess(images):
             x = images
             if self.pad_to:
-                h, w = images.shape[1:3]
-                top, left = (self.pad_to - h) // 2, (self.pad_to - w) // 2
-                x = jnp.pad(x, ((0, 0), (top, self.pad_to - h - top), (left, self.pad_to - w - left), (0, 0)))
+                x = pad_images(x, self.pad_to, jnp.pad)
             x = x.astype(jnp.float32)
             if self.zca_matrix is not None:
                 flat = (x / 255.0).reshape(x.shape[0], -1)
