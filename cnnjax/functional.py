@@ -42,7 +42,22 @@ def per_channel(vector: Array, ndim: int) -> Array:
 
 
 def as_pair(value: IntOrPair, what: str, *, minimum: int = 1) -> tuple[int, int]:
-    """Returns ``(value, value)`` for an int, or the pair itself; checks both are integers >= ``minimum``."""
+    """Reads an int-or-pair argument such as a stride or a window.
+
+    Args:
+      value: an int (used for both dimensions) or a pair of ints (height, width).
+      what: the argument's name, used in the error message.
+      minimum: the smallest allowed value.
+
+    Returns:
+      ``(value, value)`` for an int, or the pair itself.
+
+    Raises:
+      ValueError: naming ``what`` when either entry is not an integer >= ``minimum``.
+
+    >>> as_pair(3, "stride"), as_pair((2, 1), "window")
+    ((3, 3), (2, 1))
+    """
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
         raise ValueError(f"{what} must be an int >= {minimum} or a pair of them, got {value!r}")
@@ -91,6 +106,16 @@ def conv_output_size(n: int, kernel: int, *, stride: int = 1, padding=0, dilatio
     pads ``p`` on each side, a pair ``(lo, hi)`` pads ``lo + hi``; 'SAME' gives ``ceil(n / s)`` and 'VALID' pads 0.
     The result may be <= 0 for a window that does not fit; the shape functions below turn that into an error.
 
+    Args:
+      n: the input length.
+      kernel: the window length.
+      stride: the step between windows.
+      padding: an int, a (lo, hi) pair, 'SAME' or 'VALID'.
+      dilation: the spacing between kernel taps.
+
+    Returns:
+      The output length.
+
     >>> conv_output_size(100, 3, padding=2)
     102
     """
@@ -101,7 +126,21 @@ def conv_output_size(n: int, kernel: int, *, stride: int = 1, padding=0, dilatio
 def explicit_padding(
     spatial: Sequence[int], window: Sequence[int], stride: Sequence[int], dilation: Sequence[int], padding: Padding
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Resolves any padding spec to ((top, bottom), (left, right)) for an input of spatial size (H, W)."""
+    """Resolves any padding spec to explicit (low, high) amounts per spatial dimension.
+
+    Args:
+      spatial: the input's spatial size (H, W).
+      window: the window size (kh, kw).
+      stride: the strides (sh, sw).
+      dilation: the kernel dilations (dh, dw).
+      padding: 'SAME', 'VALID', an int, a pair of ints, or a pair of (lo, hi) pairs.
+
+    Returns:
+      ``((top, bottom), (left, right))``.
+
+    >>> explicit_padding((28, 28), (5, 5), (1, 1), (1, 1), "SAME")
+    ((2, 2), (2, 2))
+    """
     return tuple(
         _pads_1d(n, k, s, d, p) for n, k, s, d, p in zip(spatial, window, stride, dilation, _padding_per_dim(padding))
     )
@@ -139,9 +178,22 @@ def conv_output_shape(
     groups: int = 1,
     layer: str = "conv2d",
 ) -> tuple[int, int, int, int]:
-    """NHWC output shape of :func:`conv2d`; raises ``ValueError`` naming ``layer`` if the convolution cannot work.
+    """NHWC output shape of :func:`conv2d`, checked before anything is traced.
 
-    input_shape: (N, H, W, C); kernel_shape: (kh, kw, C // groups, O). Returns (N, H_out, W_out, O).
+    Args:
+      input_shape: (N, H, W, C).
+      kernel_shape: (kh, kw, C // groups, O).
+      stride, padding, dilation, groups: as for :func:`conv2d`.
+      layer: the layer's name, used in error messages.
+
+    Returns:
+      (N, H_out, W_out, O).
+
+    Raises:
+      ValueError: naming ``layer`` if the channels do not match the kernel or the output would be empty.
+
+    >>> conv_output_shape((8, 32, 32, 3), (5, 5, 3, 6))
+    (8, 28, 28, 6)
     """
     _check_input_rank(input_shape, layer)
     if len(kernel_shape) != 4:
@@ -175,9 +227,23 @@ def pool_output_shape(
     padding: Padding = "VALID",
     layer: str = "pool",
 ) -> tuple[int, int, int, int]:
-    """NHWC output shape of a pooling window; ``stride`` defaults to ``window``. Raises if the map would be empty.
+    """NHWC output shape of a pooling window.
 
-    input_shape: (N, H, W, C). Returns (N, H_out, W_out, C).
+    Args:
+      input_shape: (N, H, W, C).
+      window: the window size, an int or (kh, kw).
+      stride: the strides; ``None`` means the window size (non-overlapping windows).
+      padding: as for :func:`max_pool`.
+      layer: the layer's name, used in error messages.
+
+    Returns:
+      (N, H_out, W_out, C).
+
+    Raises:
+      ValueError: naming ``layer`` if the map would be empty.
+
+    >>> pool_output_shape((8, 28, 28, 6), 2)
+    (8, 14, 14, 6)
     """
     _check_input_rank(input_shape, layer)
     window = as_pair(window, f"{layer}: window")
@@ -367,7 +433,14 @@ def global_max_pool(x: Array) -> Array:
 def subsample(x: Array, coefficient: Array, bias: Array, *, window: int = 2) -> Array:
     """LeNet-5's subsampling: each non-overlapping window summed, times a per-map coefficient, plus a per-map bias.
 
-    x: (N, H, W, C); coefficient, bias: (C,). Returns (N, H // window, W // window, C).
+    Args:
+      x: (N, H, W, C).
+      coefficient: (C,), the trainable multiplier of each map.
+      bias: (C,), the trainable bias of each map.
+      window: the side of the square window.
+
+    Returns:
+      (N, H // window, W // window, C).
     """
     sums = avg_pool(x, window) * jnp.array(window * window, x.dtype)
     return _affine(sums, coefficient, bias)
@@ -392,7 +465,19 @@ def flatten(x: Array) -> Array:
 
 
 def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:
-    """Fully connected layer. x: (N, D); kernel: (D, O); bias: (O,) or None. Returns (N, O)."""
+    """Fully connected layer, ``x @ kernel + bias``.
+
+    Args:
+      x: (N, D).
+      kernel: (D, O).
+      bias: (O,) or None.
+
+    Returns:
+      (N, O).
+
+    >>> dense(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.arange(4.0)).tolist()
+    [[3.0, 4.0, 5.0, 6.0], [3.0, 4.0, 5.0, 6.0]]
+    """
     if x.ndim != 2 or kernel.ndim != 2 or x.shape[1] != kernel.shape[0]:
         raise ValueError(
             f"dense: expected x of shape (N, D) and a kernel of shape (D, O), got x {x.shape} and kernel "
@@ -410,10 +495,17 @@ def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:
 def lrn(x: Array, *, depth_radius: int = 5, bias: float = 1.0, alpha: float = 1.0, beta: float = 0.5) -> Array:
     """Local response normalization across channels, as ``tf.nn.local_response_normalization``.
 
-    x: (N, H, W, C) -> same shape.
     ``out[..., c] = x[..., c] / (bias + alpha * sum(x[..., c - r : c + r + 1] ** 2)) ** beta`` with r = depth_radius.
     As in TensorFlow and in the AlexNet paper (k=2, n=5, alpha=1e-4, beta=0.75 is depth_radius=2, bias=2,
     alpha=1e-4, beta=0.75), alpha is not divided by the window size (PyTorch's ``LocalResponseNorm`` divides it).
+
+    Args:
+      x: (N, H, W, C).
+      depth_radius: r, the half-width of the window across channels.
+      bias, alpha, beta: the constants of the formula above.
+
+    Returns:
+      (N, H, W, C).
     """
     if depth_radius < 0:
         raise ValueError(f"lrn: depth_radius must be >= 0, got {depth_radius}")
@@ -448,7 +540,6 @@ def batch_norm(
 ) -> tuple[Array, Array, Array]:
     """Batch normalization over every axis but the last (channels).
 
-    x: (N, ..., C); scale, bias, running_mean, running_var: (C,). Returns ``(y, new_running_mean, new_running_var)``.
     In training mode the batch's statistics normalize ``x`` and the running statistics move towards them,
     ``running = momentum * running + (1 - momentum) * batch`` (Flax's convention: the biased batch variance); in
     evaluation mode the running statistics normalize ``x`` and come back unchanged.
@@ -457,6 +548,18 @@ def batch_norm(
     in one pass over x, instead of ``E[(x - E[x])^2]``, which is more accurate when |mean| >> std. The normalization
     and the affine transform are folded into one per-channel ``x * a + b``, which XLA:CPU fuses better than
     ``(x - mean) * rsqrt(var + eps) * scale + bias``.
+
+    Args:
+      x: (N, ..., C).
+      scale, bias: (C,) or None (no affine transform).
+      running_mean, running_var: (C,).
+      training: normalize with the batch's statistics (and update the running ones) or with the running ones.
+      momentum: the running statistics' decay.
+      epsilon: added to the variance.
+      fast_variance: the one-pass variance described above.
+
+    Returns:
+      ``(y, new_running_mean, new_running_var)``: y of x's shape, the statistics (C,).
     """
     if training:
         axes = tuple(range(x.ndim - 1))
@@ -482,7 +585,15 @@ def batch_norm(
 def layer_norm(x: Array, scale: Array | None = None, bias: Array | None = None, *, epsilon: float = 1e-5) -> Array:
     """Layer normalization: each example is normalized over all its non-batch axes (H, W, C for images).
 
-    x: (N, ...); scale, bias: (C,) per channel (last axis) or None. Equals :func:`group_norm` with one group.
+    Equals :func:`group_norm` with one group.
+
+    Args:
+      x: (N, ...).
+      scale, bias: (C,) per channel (last axis) or None.
+      epsilon: added to the variance.
+
+    Returns:
+      x's shape.
     """
     axes = tuple(range(1, x.ndim))
     mean = jnp.mean(x, axis=axes, keepdims=True)
@@ -495,7 +606,14 @@ def group_norm(
 ) -> Array:
     """Group normalization (Wu & He, 2018): channels split into ``num_groups`` groups normalized per example.
 
-    x: (N, H, W, C) with C divisible by num_groups; scale, bias: (C,) or None. Returns (N, H, W, C).
+    Args:
+      x: (N, H, W, C) with C divisible by ``num_groups``.
+      scale, bias: (C,) or None.
+      num_groups: the number of channel groups.
+      epsilon: added to the variance.
+
+    Returns:
+      (N, H, W, C).
     """
     channels = x.shape[-1]
     if num_groups < 1 or channels % num_groups:
@@ -510,9 +628,17 @@ def group_norm(
 def dropout(x: Array, rate: float, *, key: Array | None, deterministic: bool = False) -> Array:
     """Inverted dropout: zeroes each element with probability ``rate`` and scales the rest by ``1 / (1 - rate)``.
 
-    x: any shape -> same shape. ``rate`` is the drop probability (not stax's keep probability). With
-    ``deterministic=True`` or ``rate == 0`` the input comes back unchanged and no key is needed. ``rate`` may be a
-    traced scalar (e.g. vmapped across a sweep); a concrete rate is checked to lie in [0, 1].
+    With ``deterministic=True`` or ``rate == 0`` the input comes back unchanged and no key is needed.
+
+    Args:
+      x: any shape.
+      rate: the drop probability (not stax's keep probability); may be a traced scalar (e.g. vmapped across a
+        sweep); a concrete rate is checked to lie in [0, 1].
+      key: the PRNG key of the mask, or None when deterministic.
+      deterministic: return ``x`` unchanged (evaluation).
+
+    Returns:
+      x's shape.
     """
     if isinstance(rate, (int, float)):
         if not 0.0 <= rate <= 1.0:
@@ -567,10 +693,20 @@ def _at_labels(values: Array, labels: Array) -> Array:
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: float = 0.0) -> Array:
-    """Cross-entropy of integer labels under softmax(logits). logits: (N, K); labels: (N,) ints. Returns (N,).
+    """Cross-entropy of integer labels under softmax(logits).
 
-    ``label_smoothing`` = e > 0: the target puts 1 - e + e / K on the label and e / K on every other class
-    (Szegedy et al., 2016), as ``optax.smooth_labels`` does."""
+    Args:
+      logits: (N, K).
+      labels: (N,) ints in [0, K).
+      label_smoothing: e > 0 puts 1 - e + e / K of the target on the label and e / K on every other class
+        (Szegedy et al., 2016), as ``optax.smooth_labels`` does.
+
+    Returns:
+      (N,): each example's loss.
+
+    >>> round(float(softmax_cross_entropy(jnp.zeros((1, 2)), jnp.array([0]))[0]), 4)  # ln 2
+    0.6931
+    """
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -_at_labels(log_probs, labels)
     if not label_smoothing:
@@ -581,8 +717,14 @@ def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: floa
 def mean_squared_error(outputs: Array, labels: Array, *, on_value: float = 1.0, off_value: float = 0.0) -> Array:
     """Mean squared error against one-of-c targets (the classic LeNet criterion).
 
-    outputs: (N, K); labels: (N,) ints. The target of example n is ``on_value`` at ``labels[n]`` and ``off_value``
-    elsewhere (LeNet used +1/-1 with tanh units). Returns (N,): the mean over the K outputs of the squared error.
+    Args:
+      outputs: (N, K).
+      labels: (N,) ints in [0, K).
+      on_value: the target at the label.
+      off_value: the target elsewhere (LeNet used +1/-1 with tanh units).
+
+    Returns:
+      (N,): the mean over the K outputs of the squared error.
     """
     targets = jnp.where(
         jax.nn.one_hot(labels, outputs.shape[-1], dtype=jnp.bool_),

@@ -22,6 +22,19 @@ class Conv2D(nn.Module):
     """2-D convolution, :func:`functional.conv2d`. (N, H, W, C) -> (N, H_out, W_out, features).
 
     Params: ``kernel`` (kh, kw, C // groups, features), ``bias`` (features,) if ``use_bias``.
+
+    Attributes:
+      features: the output channels.
+      kernel_size: an int or (kh, kw).
+      stride, padding, dilation, groups: as for :func:`functional.conv2d`.
+      use_bias: add a per-channel bias (off before a batch norm).
+      kernel_init, bias_init: initializers (key, shape, dtype) -> array, e.g. ``functional.he_normal()``.
+
+    >>> import jax
+    >>> layer = Conv2D(6, 5, padding="SAME")
+    >>> variables = layer.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> variables["params"]["kernel"].shape, layer.apply(variables, jnp.zeros((2, 28, 28, 1))).shape
+    ((5, 5, 1, 6), (2, 28, 28, 6))
     """
 
     features: int

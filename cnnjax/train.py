@@ -62,7 +62,16 @@ def expected_image_shape(data_config) -> tuple[int, int, int] | None:
 
 
 def check_model(model, image_shape, num_classes: int | None) -> None:
-    """Traces the model on ``image_shape`` without compiling: impossible shapes raise their ValueError here."""
+    """Traces the model on ``image_shape`` without compiling, so impossible shapes fail before anything long starts.
+
+    Args:
+      model: a Flax module of the zoo.
+      image_shape: one example's (H, W, C).
+      num_classes: the classes the data has, checked against the model's outputs; None skips that check.
+
+    Raises:
+      ValueError: naming the layer whose shapes cannot work, or the output count and ``model.num_classes``.
+    """
     variables = models.abstract_init(model, image_shape)
     outputs = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     if num_classes is not None and outputs.shape[-1] != num_classes:
@@ -73,7 +82,14 @@ def check_model(model, image_shape, num_classes: int | None) -> None:
 
 
 def check_against_data(model, data_config, splits) -> None:
-    """For data whose shape and classes are only known once loaded (an image folder): ``check_model`` on them."""
+    """:func:`check_model` against loaded data, for data whose shape and classes are known only once loaded.
+
+    Args:
+      model: a Flax module of the zoo.
+      data_config: the ``data`` config; only an image folder is checked here (built-in datasets are checked from
+        their known shapes before loading).
+      splits: the loaded splits (``data.Splits``).
+    """
     if expected_image_shape(data_config) is None or data_config.name not in data.DATASETS:
         check_model(model, splits.image_shape, splits.num_classes)
 
@@ -114,11 +130,21 @@ def check_config(config):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), compiler_options={"xla_backend_optimization_level": 0})
 def init_state(model, optimizer, image_shape: tuple[int, ...], key) -> dict:
-    """Plain-pytree training state: step, params, model_state (batch statistics, constants), opt_state, and the
-    running sums (loss, accuracy, steps) of the current epoch.
+    """A fresh training state as a plain pytree.
 
     Compiled once per (model, optimizer, image_shape) without LLVM optimizations, since it runs once: op-by-op
-    initialization would compile every operation separately, and an optimized compile takes several times longer."""
+    initialization would compile every operation separately, and an optimized compile takes several times longer.
+
+    Args:
+      model: a Flax module.
+      optimizer: an ``optax.GradientTransformation``.
+      image_shape: one example's (H, W, C).
+      key: the PRNG key of the parameters.
+
+    Returns:
+      ``{step, params, model_state, opt_state, epoch_sums}``: model_state holds batch statistics and constants,
+      epoch_sums the running (loss, accuracy, steps) of the current epoch.
+    """
     variables = dict(model.init(key, jnp.zeros((1, *image_shape), jnp.float32)))
     params = variables.pop("params")
     return {
@@ -136,8 +162,18 @@ def cast_floats(tree, dtype):
 
 
 def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
-    """A run's initial state and the key its steps fold in: parameters from ``train.seed``, and this run's
-    ``optim.INJECTED`` values in the (possibly shared) optimizer's state."""
+    """A run's initial state and the key its steps fold in.
+
+    Args:
+      config: the run's config.
+      model: a Flax module.
+      optimizer: the (possibly shared) optimizer.
+      image_shape: one example's (H, W, C).
+
+    Returns:
+      (state, key): parameters drawn from ``train.seed``, this run's ``optim.INJECTED`` values in the optimizer's
+      state, and the key that each step folds its number into.
+    """
     init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
     state = init_state(model, optimizer, image_shape, init_key)
     state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{k: config.optim[k] for k in optim.INJECTED})
@@ -147,8 +183,15 @@ def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
 def make_train_step(
     model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", xla: backend.XlaOptions | None = None
 ):
-    """The jitted step (state, images, labels, batch_index, key) -> (state, metrics); the state is donated.
-    ``xla``: the config's ``backend.XlaOptions`` (None: the defaults)."""
+    """The jitted :func:`train_step_fn`; the state is donated.
+
+    Args:
+      model, optimizer, loss_name, augment, compute_dtype: as for :func:`train_step_fn`.
+      xla: the config's ``backend.XlaOptions`` (None: the defaults).
+
+    Returns:
+      (state, images, labels, batch_index, key) -> (state, metrics).
+    """
     step_fn = train_step_fn(model, optimizer, loss_name, augment, compute_dtype)
     return jax.jit(step_fn, donate_argnums=0, compiler_options=(xla or backend.XlaOptions()).compiler_options())
 
@@ -159,8 +202,18 @@ def train_step_fn(
     """The pure training step (state, images, labels, batch_index, key) -> (state, metrics), to jit or vmap.
 
     With ``compute_dtype='bfloat16'`` the forward and backward passes run in bfloat16 on bfloat16 copies of the
-    float32 parameters; the loss, gradients, optimizer and parameters stay float32. ``label_smoothing``: as
-    ``config.train.label_smoothing`` (cross_entropy only).
+    float32 parameters; the loss, gradients, optimizer and parameters stay float32.
+
+    Args:
+      model: a Flax module.
+      optimizer: an ``optax.GradientTransformation``.
+      loss_name: 'cross_entropy' or 'mse'.
+      augment: (key, images) -> images, applied on the device, or None.
+      compute_dtype: 'float32' or 'bfloat16'.
+      label_smoothing: as ``config.train.label_smoothing`` (cross_entropy only).
+
+    Returns:
+      (state, images (B, H, W, C), labels (B,), batch_index (B,), key) -> (state, metrics).
     """
     loss_fn, scores_fn = LOSSES[loss_name]
     if label_smoothing:
@@ -207,11 +260,20 @@ def train_step_fn(
 
 
 def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_time_views=None):
-    """The pure evaluation step (params, model_state, images, labels, batch_index, weights) -> the sums of one padded
-    batch as one vector (4 + K * K,): loss, correct, count, top-5 correct, then the confusion counts (K, K) (rows: true
-    classes, columns: predicted), each example weighted by ``weights``. ``test_time_views``: images (N, H, W, C) -> a
-    list of such arrays (e.g. ``data.test_time_views``) whose outputs are averaged before the loss and the accuracy
-    (test-time augmentation)."""
+    """The pure evaluation step over one padded batch.
+
+    Args:
+      model: a Flax module.
+      loss_name: 'cross_entropy' or 'mse'.
+      compute_dtype: 'float32' or 'bfloat16'.
+      test_time_views: images (N, H, W, C) -> a list of such arrays (e.g. ``data.test_time_views``) whose outputs
+        are averaged before the loss and the accuracy (test-time augmentation); None: the images alone.
+
+    Returns:
+      (params, model_state, images, labels, batch_index, weights) -> the batch's sums as one vector (4 + K * K,):
+      loss, correct, count, top-5 correct, then the confusion counts (K, K) (rows: true classes, columns:
+      predicted), each example weighted by ``weights`` (0 for padding).
+    """
     loss_fn, scores_fn = LOSSES[loss_name]
     outputs_of = eval_outputs_fn(model, compute_dtype, test_time_views)
 
@@ -231,8 +293,16 @@ def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_tim
 
 
 def eval_outputs_fn(model, compute_dtype: str = "float32", test_time_views=None):
-    """(variables, images (N, H, W, C)) -> the model's evaluation outputs (N, num_classes), float32, averaged over
-    ``test_time_views(images)`` (default: the images alone), computed in ``compute_dtype``."""
+    """The model's evaluation outputs as a function, for prediction and export.
+
+    Args:
+      model: a Flax module.
+      compute_dtype: 'float32' or 'bfloat16'.
+      test_time_views: as for :func:`eval_step_fn`.
+
+    Returns:
+      (variables, images (N, H, W, C)) -> float32 (N, num_classes), averaged over the views.
+    """
     dtype = jnp.dtype(compute_dtype)
     views_of = test_time_views or (lambda images: [images])
 
@@ -243,7 +313,16 @@ def eval_outputs_fn(model, compute_dtype: str = "float32", test_time_views=None)
 
 
 def averaged_outputs(model, variables, views: list) -> jax.Array:
-    """The model's evaluation outputs (N, num_classes), float32, averaged over ``views`` (arrays (N, H, W, C))."""
+    """The model's evaluation outputs averaged over views of the same images.
+
+    Args:
+      model: a Flax module.
+      variables: its ``{'params': ..., **model_state}``.
+      views: arrays (N, H, W, C).
+
+    Returns:
+      float32 (N, num_classes).
+    """
     return sum(model.apply(variables, view, train=False) for view in views).astype(jnp.float32) / len(views)
 
 
@@ -267,10 +346,18 @@ def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: i
 
 
 def compiled_steps(config, model, steps_per_epoch: int):
-    """(optimizer, train_fn, jitted train step, eval_fn, jitted eval step) for ``config``, shared by every run in
-    this process whose model, optimizer structure, loss and augmentations agree: trials that differ only in
-    ``optim.INJECTED`` values or the seed reuse the compiled steps (the values live in the optimizer state; set them
-    with ``optim.with_hyperparams``)."""
+    """The steps of ``config``, shared by every run in this process whose model, optimizer structure, loss and
+    augmentations agree: trials that differ only in ``optim.INJECTED`` values or the seed reuse the compiled steps
+    (the values live in the optimizer state; set them with ``optim.with_hyperparams``).
+
+    Args:
+      config: the run's config.
+      model: a Flax module.
+      steps_per_epoch: training steps per epoch (schedules are in steps).
+
+    Returns:
+      (optimizer, train_fn, jitted train step, eval_fn, jitted eval step).
+    """
     defaults = config_lib.base_config().optim
     optim_items = tuple(sorted((k, defaults[k] if k in optim.INJECTED else v) for k, v in config.optim.items()))
     augment_items = (
@@ -295,7 +382,19 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> Evaluation:
-    """The metrics of ``state`` over every example of a split; the padded last batch is weighted out."""
+    """The metrics of ``state`` over every example of a split; the padded last batch is weighted out.
+
+    Args:
+      eval_step: a jitted :func:`eval_step_fn`.
+      state: the training state (its params and model_state are used).
+      images: (N, H, W, C) float32.
+      labels: (N,).
+      batch_size: examples per evaluation step.
+      mesh: the device mesh batches are sharded over, or None.
+
+    Returns:
+      The split's :class:`Evaluation`.
+    """
     index, weights = data.eval_batches(len(labels), batch_size)
     totals = 0.0
     for batch_index, batch_weights in zip(index, weights):
@@ -624,8 +723,18 @@ def initial_meta() -> dict:
 
 
 def update_best(meta: dict, epoch: int, val_accuracy: float, patience: int) -> bool:
-    """Records validation accuracy ``val_accuracy`` of ``epoch`` in ``meta`` (best so far, the patience count, whether
-    ``patience`` evaluations without improvement have passed); returns whether it is the new best."""
+    """Records one validation result in a run's ``meta`` (early stopping's bookkeeping).
+
+    Args:
+      meta: the run's meta dict; its best accuracy and epoch, the evaluations since the best, and whether
+        ``patience`` of them have passed are updated in place.
+      epoch: the epoch evaluated.
+      val_accuracy: its validation accuracy.
+      patience: evaluations without improvement before stopping; 0 never stops.
+
+    Returns:
+      Whether ``epoch`` is the new best.
+    """
     if val_accuracy > meta["best_val_accuracy"]:
         meta.update(best_val_accuracy=val_accuracy, best_epoch=epoch, evals_without_improvement=0)
         return True
@@ -636,8 +745,19 @@ def update_best(meta: dict, epoch: int, val_accuracy: float, patience: int) -> b
 
 def make_epoch_record(step: int, epoch: int, epoch_sums: np.ndarray, learning_rate: float, elapsed_s: float,
                       images_per_sec: float, val: Evaluation | None = None) -> dict:  # fmt: skip
-    """The ``kind: epoch`` record of metrics.jsonl: training loss and accuracy from the epoch's running sums (loss,
-    accuracy, steps) (3,), the learning rate, timing, and the validation metrics when ``val`` is given."""
+    """The ``kind: epoch`` record of metrics.jsonl.
+
+    Args:
+      step, epoch: where the run is.
+      epoch_sums: the epoch's running (loss, accuracy, steps) sums (3,).
+      learning_rate: the rate at the epoch's end.
+      elapsed_s: the run's training time so far.
+      images_per_sec: the epoch's training throughput.
+      val: the validation metrics, or None.
+
+    Returns:
+      The record: training loss and accuracy, the learning rate, timing, and validation metrics when given.
+    """
     loss_sum, accuracy_sum, steps = (float(v) for v in np.asarray(epoch_sums, np.float64))
     record = {
         "kind": "epoch", "step": step, "epoch": epoch, "train_loss": loss_sum / steps,
@@ -651,8 +771,19 @@ def make_epoch_record(step: int, epoch: int, epoch_sums: np.ndarray, learning_ra
 
 def run_results(test: Evaluation, class_names, meta: dict | None, *, epochs: int, params: int, train_time_s: float,
                 wall_time_s: float, **extra) -> dict:  # fmt: skip
-    """A finished run's ``results.json``: status done, the test metrics (``test_results``), the best validation
-    accuracy and its epoch from ``meta`` (None without a validation split: the last epoch), and ``extra``."""
+    """A finished run's ``results.json``.
+
+    Args:
+      test: the test split's metrics.
+      class_names: the dataset's class names (per-class results are keyed by them).
+      meta: the run's meta (best validation accuracy and its epoch), or None without a validation split (the last
+        epoch's parameters were tested).
+      epochs, params, train_time_s, wall_time_s: the run's size and timing.
+      **extra: further fields, written as given.
+
+    Returns:
+      The results dict with ``status: done`` and the test metrics of :func:`test_results`.
+    """
     return {
         "status": "done",
         **test_results(test, class_names),

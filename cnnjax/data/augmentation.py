@@ -14,8 +14,18 @@ PAD_MODES = ("constant", "reflect", "edge")
 
 
 def random_crop(key: jax.Array, images: jax.Array, *, padding: int, mode: str = "constant") -> jax.Array:
-    """Pads each side by ``padding`` pixels (zeros, reflection or edge values) and crops a random window of the
-    original size per example: the standard CIFAR augmentation (padding 4 on 32x32)."""
+    """Pads each side and crops a random window of the original size per example: the standard CIFAR augmentation
+    (padding 4 on 32x32).
+
+    Args:
+      key: the PRNG key.
+      images: (N, H, W, C).
+      padding: pixels added on each side.
+      mode: ``jnp.pad``'s mode: 'constant' (zeros), 'reflect' or 'edge'.
+
+    Returns:
+      (N, H, W, C).
+    """
     if mode not in PAD_MODES:
         raise ValueError(f"random_crop: mode must be one of {PAD_MODES}, got {mode!r}")
     if padding == 0:
@@ -46,16 +56,33 @@ def translate(images: jax.Array, shifts: jax.Array) -> jax.Array:
 
 
 def random_translate(key: jax.Array, images: jax.Array, *, max_shift: float) -> jax.Array:
-    """Shifts each example by a random offset in [-max_shift, max_shift] pixels along each axis (see translate)."""
+    """Shifts each example by a random sub-pixel offset along each axis (see ``translate``).
+
+    Args:
+      key: the PRNG key.
+      images: (N, H, W, C).
+      max_shift: offsets are uniform in [-max_shift, max_shift] pixels.
+
+    Returns:
+      (N, H, W, C).
+    """
     if max_shift == 0:
         return images
     return translate(images, jax.random.uniform(key, (images.shape[0], 2), images.dtype, -max_shift, max_shift))
 
 
 def test_time_views(images: jax.Array, *, flip: bool = False, shift: int = 0) -> list[jax.Array]:
-    """The views of ``images`` whose predictions test-time augmentation averages: the images, their copies shifted
-    by ``shift`` pixels up, down, left and right (zeros shifted in, as ``random_crop`` pads), and the mirror images
-    of all of these when ``flip``. images: (N, H, W, C); returns 1, 2, 5 or 10 arrays of that shape."""
+    """The views of ``images`` whose predictions test-time augmentation averages.
+
+    Args:
+      images: (N, H, W, C).
+      flip: add the mirror images of every view.
+      shift: > 0 adds copies shifted by ``shift`` pixels up, down, left and right (zeros shifted in, as
+        ``random_crop`` pads).
+
+    Returns:
+      1, 2, 5 or 10 arrays (N, H, W, C), the unchanged images first.
+    """
     views = [images]
     if shift:
         n, h, w, c = images.shape
@@ -68,7 +95,18 @@ def test_time_views(images: jax.Array, *, flip: bool = False, shift: int = 0) ->
 def augment(
     key: jax.Array, images: jax.Array, *, crop_padding: int = 0, flip: bool = False, translate: float = 0.0
 ) -> jax.Array:
-    """Random crop, flip and translation in that order, each with its own key; disabled ones are skipped."""
+    """Random crop, flip and translation in that order, each with its own key; disabled ones are skipped.
+
+    Args:
+      key: the PRNG key.
+      images: (N, H, W, C).
+      crop_padding: > 0 enables :func:`random_crop` with this padding.
+      flip: random horizontal flips.
+      translate: > 0 enables :func:`random_translate` with this maximum shift.
+
+    Returns:
+      (N, H, W, C).
+    """
     crop_key, flip_key, translate_key = jax.random.split(key, 3)
     images = random_crop(crop_key, images, padding=crop_padding)
     if flip:

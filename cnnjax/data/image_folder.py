@@ -115,8 +115,19 @@ def normalized_mode(image, channels: int) -> str:
 
 
 def decode(path: str | Path, *, image_size: int = 0, channels: int = 0) -> np.ndarray:
-    """One image file as uint8 (H, W, C): converted to ``channels`` (0: as decoded; 1 grayscale, 3 RGB) and resized
-    to ``image_size`` x ``image_size`` (bilinear; 0: kept). An unreadable or truncated file is a DataError naming it."""
+    """Decodes one image file with Pillow.
+
+    Args:
+      path: a PNG, JPEG, BMP or GIF file (the first frame).
+      image_size: > 0 resizes to image_size x image_size (bilinear); 0 keeps the size.
+      channels: 1 converts to grayscale, 3 to RGB; 0 keeps the decoded mode.
+
+    Returns:
+      uint8 (H, W, C).
+
+    Raises:
+      DataError: naming the file when it is unreadable or truncated.
+    """
     from PIL import Image
 
     try:
@@ -132,8 +143,18 @@ def decode(path: str | Path, *, image_size: int = 0, channels: int = 0) -> np.nd
 
 
 def stack_images(paths: list[Path], *, image_size: int = 0, channels: int = 0) -> np.ndarray:
-    """The decoded files as one uint8 array (N, H, W, C), decoded on all cores; images of different shapes are a
-    DataError naming two of them and the keys that make them agree."""
+    """Decodes files on all cores into one array.
+
+    Args:
+      paths: the image files.
+      image_size, channels: as for :func:`decode`.
+
+    Returns:
+      uint8 (N, H, W, C).
+
+    Raises:
+      DataError: images of different shapes, naming two of them and the keys that make them agree.
+    """
     if not paths:
         return np.zeros((0, image_size or 1, image_size or 1, channels or 1), np.uint8)
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # Pillow decodes without the GIL

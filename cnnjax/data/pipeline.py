@@ -42,8 +42,23 @@ class Splits:
 
 
 def validation_count(num_examples: int, *, fraction: float, size: int = 0, keys: str | None = None) -> int:
-    """How many examples to hold out: ``size`` if > 0, else ``round(fraction * num_examples)``. ``keys``: the config
-    keys the error names (default the validation split's)."""
+    """How many examples to hold out of a split.
+
+    Args:
+      num_examples: the split's size.
+      fraction: the share to hold out when ``size`` is 0.
+      size: > 0 holds out exactly this many.
+      keys: the config keys the error names (default the validation split's).
+
+    Returns:
+      ``size`` if > 0, else ``round(fraction * num_examples)``.
+
+    Raises:
+      ValueError: naming ``keys`` when the count is negative or leaves no training example.
+
+    >>> validation_count(60000, fraction=0.1)
+    6000
+    """
     count = size if size > 0 else int(round(fraction * num_examples))
     if not 0 <= count < num_examples or not 0.0 <= fraction < 1.0:
         keys = keys or f"data.validation_fraction={fraction} / data.validation_size={size}"
@@ -57,7 +72,14 @@ def validation_count(num_examples: int, *, fraction: float, size: int = 0, keys:
 def split_validation(images: np.ndarray, labels: np.ndarray, count: int, seed: int):
     """Deterministically moves ``count`` random examples of the training split into a validation split.
 
-    Returns ((train_images, train_labels), (val_images, val_labels)); both keep the original relative order.
+    Args:
+      images: (N, H, W, C).
+      labels: (N,).
+      count: the validation split's size.
+      seed: chooses the held-out examples.
+
+    Returns:
+      ((train_images, train_labels), (val_images, val_labels)); both keep the original relative order.
     """
     held_out = np.zeros(len(images), bool)
     held_out[np.random.default_rng(seed).permutation(len(images))[:count]] = True
@@ -65,7 +87,17 @@ def split_validation(images: np.ndarray, labels: np.ndarray, count: int, seed: i
 
 
 def balance_classes(images: np.ndarray, labels: np.ndarray, mode: str, seed: int):
-    """Equal class counts: 'undersample' to the rarest class, 'oversample' (repeat examples) to the commonest."""
+    """Equal class counts, for training on an imbalanced split.
+
+    Args:
+      images: (N, H, W, C).
+      labels: (N,).
+      mode: 'undersample' to the rarest class, 'oversample' (repeat examples) to the commonest, or 'none'.
+      seed: chooses the examples dropped or repeated.
+
+    Returns:
+      (images, labels) with every class equally often.
+    """
     if mode not in BALANCE_MODES:
         raise ValueError(f"data.balance must be one of {BALANCE_MODES}, got {mode!r}")
     if mode == "none":
@@ -83,8 +115,22 @@ def balance_classes(images: np.ndarray, labels: np.ndarray, mode: str, seed: int
 
 
 def pad_images(images, size: int, pad=np.pad):
-    """Zero-pads (N, H, W, C) images symmetrically to (N, size, size, C), e.g. 28x28 digits to LeNet-5's 32x32.
-    ``pad``: ``np.pad``, or ``jnp.pad`` for traced arrays."""
+    """Zero-pads images symmetrically, e.g. 28x28 digits to LeNet-5's 32x32.
+
+    Args:
+      images: (N, H, W, C).
+      size: the target side, at least the images' height and width.
+      pad: ``np.pad``, or ``jnp.pad`` for traced arrays.
+
+    Returns:
+      (N, size, size, C).
+
+    Raises:
+      ValueError: naming ``data.pad_to`` when ``size`` is smaller than the images.
+
+    >>> pad_images(np.ones((1, 28, 28, 1)), 32).shape
+    (1, 32, 32, 1)
+    """
     h, w = images.shape[1:3]
     if size < max(h, w):
         raise ValueError(f"data.pad_to={size} is smaller than the {h}x{w} images; use 0 (no padding) or >= {max(h, w)}")
@@ -195,7 +241,13 @@ class Preprocessing:
 def preprocess(train: np.ndarray, others: list[np.ndarray], config) -> list[np.ndarray]:
     """Pads uint8 images, scales them to [0, 1], then standardizes or ZCA-whitens with statistics of ``train``.
 
-    Returns the float32 arrays [train, *others].
+    Args:
+      train: uint8 (N, H, W, C), the split the statistics come from.
+      others: further uint8 splits (validation, test) transformed the same way.
+      config: the ``data`` config (pad_to, standardize, zca, ...).
+
+    Returns:
+      The float32 arrays [train, *others].
     """
     fitted = Preprocessing.fit(train, config)
     return [fitted(x) for x in (train, *others)]
@@ -277,8 +329,20 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def train_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The batches of one training epoch as indices (steps, batch_size): a permutation that depends only on
-    (seed, epoch), the last partial batch dropped."""
+    """The batches of one training epoch as indices: a permutation that depends only on (seed, epoch).
+
+    Args:
+      num_examples: the training split's size.
+      batch_size: examples per step; the last partial batch is dropped.
+      seed: the run's data seed.
+      epoch: the epoch's number.
+
+    Returns:
+      int (num_examples // batch_size, batch_size).
+
+    >>> train_batches(10, 4, seed=0, epoch=0).shape
+    (2, 4)
+    """
     steps = steps_per_epoch(num_examples, batch_size)
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
     return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)

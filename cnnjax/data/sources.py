@@ -179,7 +179,16 @@ def _cifar_images(flat: np.ndarray) -> np.ndarray:
 
 
 def parse_cifar_binary(data: bytes, label_bytes: int, origin: str) -> tuple[np.ndarray, np.ndarray]:
-    """Records of ``label_bytes`` label bytes (CIFAR-100: coarse, fine) then 3072 image bytes; the last label wins."""
+    """Decodes CIFAR's binary format: records of ``label_bytes`` label bytes then 3072 image bytes (3x32x32, planar).
+
+    Args:
+      data: the file's bytes.
+      label_bytes: 1 for CIFAR-10, 2 for CIFAR-100 (coarse, fine: the last label, the fine one, is kept).
+      origin: the file's name, used in the error message.
+
+    Returns:
+      (images uint8 (N, 32, 32, 3), labels int64 (N,)).
+    """
     record = label_bytes + 3072
     if not data or len(data) % record:
         raise DataError(
@@ -213,7 +222,17 @@ def _cifar_parser(name: str, version: str) -> Callable[[bytes, str], tuple[np.nd
 
 
 def read_cifar_tarball(path: Path, name: str, version: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """One split of a CIFAR tarball, read without extracting it to disk."""
+    """One split of a CIFAR tarball, read without extracting it to disk.
+
+    Args:
+      path: the ``.tar.gz`` as downloaded.
+      name: 'cifar10' or 'cifar100'.
+      version: the TFDS version the files belong to.
+      split: 'train' or 'test'.
+
+    Returns:
+      (images uint8 (N, 32, 32, 3), labels int64 (N,)).
+    """
     parse, wanted = _cifar_parser(name, version), _CIFAR_MEMBERS[name, version][split]
     try:
         with tarfile.open(path) as tar:
@@ -227,7 +246,15 @@ def read_cifar_tarball(path: Path, name: str, version: str, split: str) -> tuple
 
 
 def read_cifar_directory(directory: Path, name: str, version: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """One split of an extracted CIFAR directory."""
+    """One split of an extracted CIFAR directory.
+
+    Args:
+      directory: the extracted ``cifar-10-batches-bin`` or ``cifar-100-binary`` folder.
+      name, version, split: as for :func:`read_cifar_tarball`.
+
+    Returns:
+      (images uint8 (N, 32, 32, 3), labels int64 (N,)).
+    """
     parse = _cifar_parser(name, version)
     return _concat(
         [parse((directory / f).read_bytes(), str(directory / f)) for f in _CIFAR_MEMBERS[name, version][split]]

@@ -148,6 +148,14 @@ def prepare(name: str, *, data_dir: str | None = None, tfds_dir: str | None = No
 
     TFDS writes into a temporary directory and renames it when complete, so a failure never leaves a dataset that
     looks prepared, and processes preparing the same dataset at once all end with the one that finished first.
+
+    Args:
+      name: a dataset of :data:`DATASETS`.
+      data_dir: a folder holding the dataset's original files, or None to look in the usual places and download.
+      tfds_dir: where TFDS keeps prepared datasets (default ``~/tensorflow_datasets``).
+
+    Returns:
+      The prepared builder.
     """
     ds_builder = builder(name, tfds_dir)
     if ds_builder.is_prepared():
@@ -169,7 +177,16 @@ def prepare(name: str, *, data_dir: str | None = None, tfds_dir: str | None = No
 
 
 def stack_examples(examples, image_key: str = "image", label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
-    """Decoded TFDS examples as (images uint8 NHWC, labels int64) arrays."""
+    """Decoded TFDS examples as arrays.
+
+    Args:
+      examples: an iterable of example dicts.
+      image_key: the key of the image feature.
+      label_key: the key of the label feature.
+
+    Returns:
+      (images uint8 (N, H, W, C), labels int64 (N,)).
+    """
     images = np.stack([np.asarray(e[image_key]) for e in examples])
     labels = np.array([e[label_key] for e in examples], np.int64)
     return (images if images.ndim == 4 else images[..., None]), labels

@@ -9,8 +9,17 @@ NORMS = ("batch", "group", "layer", "none")
 
 
 def normalization(kind: str, train: bool, name: str):
-    """The normalization layer ``kind`` as a function of x: 'batch' (running statistics in ``batch_stats``),
-    'group' (32 groups, or one per channel below 32), 'layer', or 'none'."""
+    """The normalization layer ``kind`` as a function of x.
+
+    Args:
+      kind: 'batch' (running statistics in ``batch_stats``), 'group' (32 groups, or one per channel below 32),
+        'layer', or 'none'.
+      train: batch norm uses and updates the batch's statistics (else the running ones).
+      name: the layer's name in the parameter tree.
+
+    Returns:
+      A function (N, H, W, C) -> (N, H, W, C).
+    """
     if kind == "batch":
         return cnn.BatchNorm(use_running_average=not train, name=name)
     if kind == "group":
@@ -23,7 +32,20 @@ def normalization(kind: str, train: bool, name: str):
 
 
 def conv_norm_relu(x, features: int, kernel, *, name: str, norm: str, train: bool, stride=1, padding="SAME"):
-    """Conv2D (no bias when normalized) -> normalization -> ReLU."""
+    """Conv2D (no bias when normalized) -> normalization -> ReLU, called inside a Flax ``@nn.compact`` method.
+
+    Args:
+      x: (N, H, W, C).
+      features: the output channels O.
+      kernel: the kernel size, an int or (kh, kw).
+      name: the conv layer's name; the normalization is ``name + '_norm'``.
+      norm: as :func:`normalization`'s ``kind``.
+      train: as :func:`normalization`'s.
+      stride, padding: as for :func:`cnnjax.functional.conv2d`.
+
+    Returns:
+      (N, H_out, W_out, O).
+    """
     conv = cnn.Conv2D(
         features, kernel, stride=stride, padding=padding, use_bias=norm == "none", kernel_init=F.he_normal(), name=name
     )

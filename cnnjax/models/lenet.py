@@ -90,7 +90,19 @@ class LeNet5Classic(nn.Module):
 
 
 def per_layer(value, count: int, field: str) -> tuple:
-    """Broadcasts a scalar hyperparameter to ``count`` layers, or checks that a sequence has one entry per layer."""
+    """Broadcasts a scalar hyperparameter to ``count`` layers, or checks that a sequence has one entry per layer.
+
+    Args:
+      value: a scalar, or a sequence with one entry per layer.
+      count: the number of layers.
+      field: the model field's name, used in the error message.
+
+    Returns:
+      A tuple of ``count`` entries.
+
+    >>> per_layer(5, 2, "kernel_size"), per_layer([3, 5], 2, "kernel_size")
+    ((5, 5), (3, 5))
+    """
     if isinstance(value, (str, int, float)) or value is None:
         return (value,) * count
     value = tuple(value)

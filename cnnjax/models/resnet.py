@@ -64,7 +64,18 @@ class Bottleneck(nn.Module):
 
 
 def shortcut(x, features: int, stride: int, kind: str, norm: str, train: bool):
-    """The identity when shapes agree; otherwise a projection (1x1 conv + norm) or option A (subsample, zero-pad)."""
+    """A residual block's shortcut branch.
+
+    Args:
+      x: (N, H, W, C), the block's input.
+      features: the block's output channels O.
+      stride: the block's stride.
+      kind: 'projection' (1x1 conv + norm) or 'A' (subsample, zero-pad the new channels: He et al.'s option A).
+      norm, train: as for :func:`cnnjax.models.blocks.normalization`.
+
+    Returns:
+      (N, H / stride, W / stride, O): ``x`` itself when the shapes already agree.
+    """
     if stride == 1 and x.shape[-1] == features:
         return x
     if kind == "zero_pad":
