@@ -135,6 +135,8 @@ def main(argv):
             print(f"with train.freeze={config.train.freeze!r}: {trainable:,} of {train.count_params(params):,} "
                   "parameters train")  # fmt: skip
         return
+    from cnnjax import preemption
+
     try:
         if FLAGS.sweep:
             run_sweep(config)
@@ -148,6 +150,11 @@ def main(argv):
                     print(f"{name}: {path}")
     except (train.TrainingDiverged, ValueError) as error:
         sys.exit(f"error: {error}")
+    except preemption.Interrupted as error:
+        print(error, file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the run resumes from its last checkpoint when run again")
 
 
 def use_trained_run() -> None:

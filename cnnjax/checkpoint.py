@@ -1,15 +1,30 @@
-"""Orbax checkpoints of a run: the last K periodic ones and the best one, atomic, resumable.
+"""Orbax checkpoints of a run: the last K periodic ones and the best one, atomic, verified, resumable.
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete (and removes leftovers of an
-interrupted write at start-up), so a kill at any moment leaves the previous checkpoints intact.
+interrupted write at start-up), so a kill at any moment leaves the previous checkpoints intact. Each checkpoint's
+``checksums.json`` (every file's size and BLAKE2 hash, written after it) lets a checkpoint damaged on disk be
+recognized before Orbax reads it. Restoring tries the newest checkpoint first; one that cannot be read is renamed
+``<step>.corrupt`` (never deleted) with a warning, and the next older one is tried.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+from cnnjax import metrics, rundir
+
+CHECKSUMS = "checksums.json"
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint whose files do not match their checksums or cannot be read; the message says why."""
 
 
 def _manager(path: Path, **options) -> ocp.CheckpointManager:
@@ -22,6 +37,52 @@ def _shapes(tree) -> dict[str, tuple]:
     """{'params/conv1/kernel': shape, ...} for comparing architectures."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def file_checksums(step_dir: Path) -> dict[str, list]:
+    """{relative path: [size in bytes, BLAKE2b hex digest]} of every file of one checkpoint but the checksums."""
+    sums = {}
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS):
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+        sums[str(path.relative_to(step_dir))] = [path.stat().st_size, digest.hexdigest()]
+    return sums
+
+
+def verify(step_dir: Path) -> None:
+    """Raises CorruptCheckpoint naming the first file that is missing or differs from ``checksums.json``. A
+    checkpoint without the file (a write interrupted just before it) is left to Orbax to judge."""
+    path = step_dir / CHECKSUMS
+    if not path.exists():
+        return
+    try:
+        expected = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CorruptCheckpoint(f"{CHECKSUMS} cannot be read ({error})") from None
+    actual = file_checksums(step_dir)
+    for name, (size, digest) in expected.items():
+        if name not in actual:
+            raise CorruptCheckpoint(f"{name} is missing")
+        if actual[name][0] != size:
+            raise CorruptCheckpoint(f"{name} has {actual[name][0]} bytes, {size} were written")
+        if actual[name][1] != digest:
+            raise CorruptCheckpoint(f"{name} does not match its checksum")
+
+
+def move_aside(step_dir: Path) -> Path:
+    """Renames a damaged checkpoint to ``<step>.corrupt`` (``.corrupt-2``, ... if taken); returns the new path."""
+    target, n = step_dir.with_name(step_dir.name + ".corrupt"), 1
+    while target.exists():
+        n += 1
+        target = step_dir.with_name(f"{step_dir.name}.corrupt-{n}")
+    os.replace(step_dir, target)
+    return target
+
+
+def _nbytes(tree) -> int:
+    return sum(getattr(leaf, "nbytes", 0) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 class Checkpoints:
@@ -41,7 +102,23 @@ class Checkpoints:
     def _save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
         if step in manager.all_steps():  # re-reached after a resume: the content is the same by determinism
             return
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        directory = Path(manager.directory)
+        try:
+            manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            )
+            if jax.process_index() == 0:
+                metrics.write_json(directory / str(step) / CHECKSUMS, file_checksums(directory / str(step)))
+        except Exception as error:
+            if not isinstance(error, OSError) and not rundir.is_disk_full(error):
+                raise
+            for leftover in directory.glob(f"{step}.orbax-checkpoint-tmp*"):  # the unfinished write
+                shutil.rmtree(leftover, ignore_errors=True)
+            shutil.rmtree(directory / str(step), ignore_errors=True)
+            manager.reload()
+            latest = manager.latest_step()
+            intact = "no earlier checkpoint was written" if latest is None else f"checkpoint step {latest} is intact"
+            raise rundir.write_error(error, directory, f"checkpoint step {step}", _nbytes(state), intact) from None
 
     def save(self, step: int, state, meta: dict) -> None:
         self._save(self.periodic, step, state, meta)
@@ -53,8 +130,15 @@ class Checkpoints:
         return self.periodic.latest_step()
 
     @staticmethod
-    def _restore(manager: ocp.CheckpointManager, step: int, like):
-        saved = _shapes(manager.item_metadata(step)["state"].tree["params"])
+    def _read(manager: ocp.CheckpointManager, step: int, like):
+        """(state, meta) of checkpoint ``step``. Raises CorruptCheckpoint when its files are damaged, and a
+        ValueError when it was written by another architecture or optimizer (or its metadata is damaged so that it
+        looks like one: :meth:`_restore_newest` tells the two apart)."""
+        verify(Path(manager.directory) / str(step))
+        try:
+            saved = _shapes(manager.item_metadata(step)["state"].tree["params"])
+        except Exception as error:  # noqa: BLE001 - any failure to read a checkpoint's metadata is damage
+            raise CorruptCheckpoint(f"its metadata cannot be read ({type(error).__name__}: {str(error)[:200]})") from None
         expected = _shapes(like["params"])
         fix = "use a new --workdir for a different model, or restore the config that wrote it"
         if saved != expected:
@@ -78,17 +162,64 @@ class Checkpoints:
                 f"the checkpoint in {manager.directory} does not match this run's optimizer state (another optimizer "
                 f"or option?): {str(error)[:300]}; {fix}"
             ) from None
+        except Exception as error:  # noqa: BLE001 - tensorstore's and the filesystem's errors: damage
+            raise CorruptCheckpoint(f"{type(error).__name__}: {str(error)[:200]}") from None
         return restored["state"], restored["meta"]
+
+    def _restore_newest(self, manager: ocp.CheckpointManager, like, at_most: int | None = None):
+        """(step, state, meta) of the newest readable checkpoint (of those <= ``at_most``), or None if there is none.
+
+        Damaged files are certain damage: the checkpoint is moved aside at once. A checkpoint that reads as another
+        architecture or optimizer is damaged if an older one of the same run reads correctly (it is then moved
+        aside); if none does, the run's config has changed and its ValueError is raised, moving nothing.
+        """
+        mismatched = []
+        for step in sorted((s for s in manager.all_steps() if at_most is None or s <= at_most), reverse=True):
+            step_dir = Path(manager.directory) / str(step)
+            try:
+                state, meta = self._read(manager, step, like)
+            except CorruptCheckpoint as error:
+                metrics.log_line(f"warning: checkpoint step {step} in {manager.directory} cannot be read ({error}); "
+                                 f"moved to {move_aside(step_dir).name}, trying the previous one")  # fmt: skip
+                manager.reload()
+                continue
+            except ValueError as error:
+                mismatched.append((step_dir, error))
+                continue
+            for damaged, error in mismatched:
+                metrics.log_line(f"warning: checkpoint {damaged.name} in {manager.directory} cannot be read "
+                                 f"({error}); moved to {move_aside(damaged).name}")  # fmt: skip
+            if mismatched:
+                manager.reload()
+            return step, state, meta
+        if mismatched:
+            raise mismatched[0][1]
+        return None
+
+    def restore_latest(self, like, at_most: int | None = None):
+        """(step, state, meta) of the newest readable periodic checkpoint (<= ``at_most`` if given), shaped like
+        ``like``, or None for a new run. Raises a ValueError naming the directory when checkpoints exist but none
+        can be read, or when they belong to another architecture or optimizer."""
+        had_checkpoints = bool(self.periodic.all_steps())
+        restored = self._restore_newest(self.periodic, like, at_most)
+        if restored is None and had_checkpoints and at_most is None:
+            raise rundir.RunDirectoryError(
+                f"no checkpoint in {self.periodic.directory} can be read (each was moved aside as *.corrupt); "
+                "run with another --workdir to start over, or move the damaged run's checkpoints/ folder away to "
+                "retrain it in place"
+            )
+        return restored
 
     def restore(self, step: int, like):
         """(state, meta) of periodic checkpoint ``step``, shaped like ``like``; a different architecture is a clear
-        ValueError."""
-        return self._restore(self.periodic, step, like)
+        ValueError, damaged files a CorruptCheckpoint."""
+        return self._read(self.periodic, step, like)
 
     def restore_best(self, like):
-        """(state, meta) of the best checkpoint, or None if there is none."""
-        step = self.best.latest_step()
-        return None if step is None else self._restore(self.best, step, like)
+        """(state, meta) of the best checkpoint, or None if there is none or it cannot be read (moved aside with a
+        warning: the caller falls back to a periodic checkpoint)."""
+        restored = self._restore_newest(self.best, like)
+        return None if restored is None else restored[1:]
 
     def close(self) -> None:
         self.periodic.close()
@@ -116,8 +247,13 @@ def find(path: str | Path, which: str = "best") -> tuple[Path, int]:
 
 def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, str]:
     """(params, model_state, where) of the checkpoint ``path`` names (see :func:`find`), read without a template
-    and without writing anything there; ``where`` says which checkpoint it was."""
+    and without writing anything there; ``where`` says which checkpoint it was. Damaged files are a ValueError
+    naming the checkpoint."""
     directory, step = find(path, which)
+    try:
+        verify(directory / str(step))
+    except CorruptCheckpoint as error:
+        raise ValueError(f"checkpoint step {step} in {directory} is damaged ({error}); use another checkpoint") from None
     restored = _manager(directory, create=False).restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
     )["state"]

@@ -3,7 +3,8 @@
 ``metrics.jsonl`` holds one JSON record per line, each with ``kind`` ('train', 'epoch' or 'test') and ``step``. On a
 resume from the checkpoint at step S the file is cut back to the records of steps <= S (and a half-written last
 line is dropped), so a resumed run's log equals an uninterrupted run's. Timing fields (``TIMING_KEYS``) are the only
-ones that differ between runs.
+ones that differ between runs. A write that fails (a full disk) leaves the file as it was before that record, and
+raises a one-line ``rundir.RunDirectoryError``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
+from cnnjax import rundir
+
 TIMING_KEYS = ("images_per_sec", "elapsed_s")
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    """Writes ``data`` as JSON atomically: a reader or a crash never sees a half-written file."""
+    """Writes ``data`` as JSON atomically: a reader or a crash never sees a half-written file, and a failed write
+    (a full disk) leaves the previous file intact."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise rundir.write_error(error, path, path.name, len(text), f"the previous {path.name} is intact") from None
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -54,12 +63,20 @@ class MetricsWriter:
         tmp = self.path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         os.replace(tmp, self.path)
-        self.file = self.path.open("a")
+        self.file = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record, sort_keys=True) + "\n")
-        self.file.flush()
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        end = os.lseek(self.file, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self.file, line[written:])
+        except OSError as error:
+            os.ftruncate(self.file, end)  # no torn record
+            raise rundir.write_error(error, self.path, "a record of the metrics log", len(line),
+                                     "its earlier records are intact") from None  # fmt: skip
         for key, value in record.items():
             if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"{record['kind']}/{key}", value, record["step"])
@@ -74,7 +91,7 @@ class MetricsWriter:
         self.tensorboard.add_image(tag, np.asarray(canvas.buffer_rgba())[..., :3], step, dataformats="HWC")
 
     def close(self) -> None:
-        self.file.close()
+        os.close(self.file)
         self.tensorboard.close()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -124,7 +125,11 @@ def run_worker(base, points, sweep_dir: Path, storage_url: str, *, study_name: s
         if _taken_by_another(study, trial, index):
             study.tell(trial, state=TrialState.PRUNED)
             continue
-        result = sweep.run_trial(configs[index], dirs[index])
+        try:
+            result = sweep.run_trial(configs[index], dirs[index])
+        except BaseException:  # interrupted (or the disk is full): any worker, or this one re-run, resumes it
+            study.tell(trial, state=TrialState.FAIL)
+            raise
         if result["status"] == "failed":
             trial.set_user_attr("recorded_failure", result.get("error", ""))
             study.tell(trial, state=TrialState.FAIL)
@@ -189,8 +194,10 @@ def _search(base, search: Search, sweep_dir: Path, storage, study_name: str) -> 
         except optuna.TrialPruned:
             metrics.write_json(trial_dir / "results.json", {"status": "pruned"})
             study.tell(trial, state=TrialState.PRUNED)
-        except train.TrainingDiverged:
+        except BaseException:  # diverged, interrupted, or the disk is full
             study.tell(trial, state=TrialState.FAIL)
+            if not isinstance(sys.exc_info()[1], train.TrainingDiverged):
+                raise
     for trial in study.get_trials(deepcopy=False):
         point = {k: v for k, v in trial.params.items()}
         points.append(point)

@@ -14,6 +14,7 @@ vmapped program, see :func:`train_group`). ``cnnjax.study`` spreads trials over 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnjax import backend, data, metrics, optim, plots, run_card, train
+from cnnjax import backend, data, metrics, optim, plots, preemption, run_card, rundir, train
 from cnnjax import config as config_lib
 from cnnjax import functional as F
 from cnnjax.checkpoint import Checkpoints
@@ -143,11 +144,15 @@ def read_status(trial_dir: Path) -> dict:
 
 
 def run_trial(config, trial_dir: Path) -> dict:
-    """One trial: its results, or its failure recorded (``status`` diverged / failed with the error) without raising."""
+    """One trial: its results, or its failure recorded (``status`` diverged / failed with the error) without raising.
+    An interruption (``preemption.Interrupted``) and a run directory that cannot be written (a full disk) stop the
+    sweep: they raise."""
     try:
         return train.train_and_evaluate(config, trial_dir)
     except train.TrainingDiverged as error:
         return {"status": "diverged", "error": str(error)}
+    except (preemption.Interrupted, rundir.RunDirectoryError):
+        raise
     except Exception as error:  # noqa: BLE001 - any failure of one trial is recorded; the sweep goes on
         metrics.log_line(f"trial {trial_dir.name} failed: {type(error).__name__}: {error}")
         return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
@@ -186,13 +191,37 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     run, so its results equal the solo run's to float rounding (vmap may reorder reductions: not bitwise). A member
     whose loss becomes non-finite is frozen and recorded as diverged; the others go on. Early stopping freezes a
     member's best parameters (used for its test) while the group finishes. Writes each member's run directory
-    (config.json, inference.json, metrics.jsonl, results.json with the test metrics, learning curves, the tested
-    parameters as its best checkpoint); a group interrupted midway trains again.
+    (config.json, inference.json, metrics.jsonl, results.json with the test metrics, learning curves, periodic
+    checkpoints at each epoch's end and the tested parameters as its best checkpoint). An interrupted group resumes
+    from the newest step every member has a readable checkpoint of; SIGTERM/SIGINT checkpoint every member and raise
+    ``preemption.Interrupted``.
     """
-    base, k = configs[0], len(configs)
+    base = configs[0]
     if len({group_key(config) for config in configs}) > 1:
         raise ValueError(f"train_group: the configs must differ only in {VECTORIZED_KEYS}; group them with group_key")
     model = train.check_config(base)
+    with contextlib.ExitStack() as locks:
+        for workdir in workdirs:
+            locks.enter_context(rundir.exclusive(rundir.prepare(workdir)))
+        with preemption.handling():
+            return _train_group(configs, workdirs, model)
+
+
+def _restore_group(checkpoints: list[Checkpoints], like: list[dict]):
+    """(step, states, metas) of the newest step at which every member has a readable checkpoint, or None."""
+    at_most = None
+    while True:
+        restored = [cp.restore_latest(state, at_most) for cp, state in zip(checkpoints, like)]
+        if any(r is None for r in restored):
+            return None
+        steps = {r[0] for r in restored}
+        if len(steps) == 1:
+            return steps.pop(), [r[1] for r in restored], [r[2] for r in restored]
+        at_most = min(steps)
+
+
+def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
+    base, k = configs[0], len(configs)
     started = time.time()
     splits = data.load_splits(base.data)
     train.check_against_data(model, base.data, splits)
@@ -203,26 +232,53 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
     steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
     optimizer, train_fn, _, eval_fn, _ = train.compiled_steps(base, model, steps_per_epoch)
     states, (key, *_) = zip(*(train.run_state(config, model, optimizer, splits.image_shape) for config in configs))
+    checkpoints = [Checkpoints(workdir / "checkpoints", c.keep_checkpoints) for workdir in workdirs]
+    restored = _restore_group(checkpoints, states)
+    if restored is None:
+        step, metas, best_params = 0, [{**train.initial_meta(), "alive": True, "train_time_s": 0.0} for _ in configs], None
+    else:
+        step, states, metas = restored
+        best = [cp.restore_best(s) for cp, s in zip(checkpoints, states)]
+        best_params = _stack([(b[0] if b is not None else s)["params"] for b, s in zip(best, states)])
+        metrics.log_line(f"resuming the group of {k} from step {step}")
     state = _stack(states)
-    best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
+    if best_params is None:
+        best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
     group_step, group_eval = _group_steps(train_fn, eval_fn, backend.XlaOptions.of(c))
     writers = []
     for config, workdir in zip(configs, workdirs):
-        workdir.mkdir(parents=True, exist_ok=True)
         metrics.write_json(workdir / "config.json", config.to_dict())
         run_card.write_or_check(workdir, config, splits)
         metrics.write_json(workdir / "results.json", {"status": "running", "executor": "vectorized"})
-        writers.append(metrics.MetricsWriter(workdir, 0))
-    alive = jnp.ones(k, bool)
-    metas = [train.initial_meta() for _ in configs]
+        writers.append(metrics.MetricsWriter(workdir, step))
+    alive = jnp.array([meta["alive"] for meta in metas])
     has_validation = len(val_labels) > 0
-    train_time = 0.0
-    for epoch in range(c.num_epochs):
+    train_time = metas[0]["train_time_s"]
+
+    def save_all(step: int, improved=None) -> None:
+        alive_host = np.asarray(alive)
+        for m in range(k):
+            metas[m].update(alive=bool(alive_host[m]), train_time_s=train_time)
+            checkpoints[m].save(step, _member(state, m), metas[m])
+            if improved is not None and improved[m]:
+                checkpoints[m].save_best(step, _member(state, m), metas[m])
+
+    preemption.start_polling()
+    for epoch in range(step // steps_per_epoch, c.num_epochs):
+        if not any(meta["alive"] and not meta["stopped_early"] for meta in metas):
+            break
         epoch_start = time.time()
         batches = data.train_batches(len(splits.train[1]), batch_size, seed=c.seed, epoch=epoch)  # (steps, batch)
-        state["epoch_sums"] = jnp.zeros((k, 3), jnp.float32)
-        for step_index in batches:
-            state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(step_index), key, alive)
+        offset = step - epoch * steps_per_epoch
+        if offset == 0:
+            state["epoch_sums"] = jnp.zeros((k, 3), jnp.float32)
+        for i in range(offset, steps_per_epoch):
+            state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(batches[i]), key, alive)
+            step += 1
+            if i < steps_per_epoch - 1 and (signum := preemption.requested(step)):
+                train_time += time.time() - epoch_start
+                save_all(step)
+                _interrupt_group(workdirs, writers, checkpoints, step, signum)
         sums = np.asarray(state["epoch_sums"], np.float64)
         elapsed = time.time() - epoch_start  # training only, as in a solo run's epoch record
         val = _group_evaluations(group_eval, state, val_images, val_labels, base.data.eval_batch_size)
@@ -236,36 +292,40 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
         for m in range(k):
             if alive_host[m]:
                 writers[m].write(train.make_epoch_record(
-                    (epoch + 1) * steps_per_epoch, epoch + 1, sums[m], learning_rates[m], elapsed,
-                    k * steps_per_epoch * batch_size / elapsed, val[m] if has_validation else None,
+                    step, epoch + 1, sums[m], learning_rates[m], elapsed,
+                    k * (steps_per_epoch - offset) * batch_size / elapsed, val[m] if has_validation else None,
                 ))  # fmt: skip
         metrics.log_line(
             f"epoch {epoch + 1:>3}/{c.num_epochs}  group of {k}: val acc "
             + " ".join("diverged" if not a else f"{100 * v.accuracy:.2f}%" for a, v in zip(alive_host, val))
             + f"  {elapsed:.1f} s"
         )
-        if not any(alive_host[m] and not metas[m]["stopped_early"] for m in range(k)):
-            break
+        save_all(step, improved)
+        if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs:
+            _interrupt_group(workdirs, writers, checkpoints, step, signum)
+    if not has_validation:
+        best_params = state["params"]
+    epochs = step // steps_per_epoch
     test = _group_evaluations(
         group_eval, {**state, "params": best_params}, test_images, test_labels, base.data.eval_batch_size
     )
+    alive_host = np.asarray(alive)
     results = []
     for m, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers)):
         if alive_host[m]:  # the tested parameters as the member's best checkpoint: cnnjax.load uses them
-            checkpoints = Checkpoints(workdir / "checkpoints", 1)
-            checkpoints.save_best(metas[m]["best_epoch"] * steps_per_epoch,
-                                  _member({**state, "params": best_params}, m), metas[m])  # fmt: skip
-            checkpoints.close()
-            writer.write({"kind": "test", "step": (epoch + 1) * steps_per_epoch, "test_loss": test[m].loss,
+            tested_step = (metas[m]["best_epoch"] if has_validation else epochs) * steps_per_epoch
+            checkpoints[m].save_best(tested_step, _member({**state, "params": best_params}, m), metas[m])
+            writer.write({"kind": "test", "step": step, "test_loss": test[m].loss,
                           "test_accuracy": test[m].accuracy, "test_top5_accuracy": test[m].top5_accuracy})  # fmt: skip
         writer.close()
+        checkpoints[m].close()
         records = metrics.read_records(workdir / "metrics.jsonl")
         if records:
             plots.learning_curves(records, workdir / "learning_curves.png", title=f"{config.model.name} (vectorized)")
         common = {"executor": "vectorized", "group_size": k}
         if alive_host[m]:
             result = train.run_results(
-                test[m], splits.class_names, metas[m] if has_validation else None, epochs=epoch + 1,
+                test[m], splits.class_names, metas[m] if has_validation else None, epochs=epochs,
                 params=train.count_params(_member(best_params, m)), train_time_s=train_time / k,
                 wall_time_s=(time.time() - started) / k, **common,
             )  # fmt: skip
@@ -273,11 +333,24 @@ def train_group(configs: list, workdirs: list[Path]) -> list[dict]:
             error = "training diverged: the loss became non-finite; this member was frozen (vectorized)"
             best_epoch = metas[m]["best_epoch"]
             result = {"status": "diverged", "test_accuracy": None, "test_loss": None, "best_epoch": best_epoch,
-                      "val_accuracy": metas[m]["best_val_accuracy"] if best_epoch else None, "epochs": epoch + 1,
+                      "val_accuracy": metas[m]["best_val_accuracy"] if best_epoch else None, "epochs": epochs,
                       "params": train.count_params(_member(best_params, m)), "error": error, **common}  # fmt: skip
         metrics.write_json(workdir / "results.json", result)
         results.append(result)
     return results
+
+
+def _interrupt_group(workdirs: list[Path], writers, checkpoints: list[Checkpoints], step: int, signum: int) -> None:
+    """Every member checkpointed at ``step`` (by the caller) is marked interrupted; raises preemption.Interrupted."""
+    name = preemption.signal_name(signum)
+    message = f"interrupted by {name} at step {step} (vectorized group); run the same command again to resume"
+    for workdir, writer, cp in zip(workdirs, writers, checkpoints):
+        writer.close()
+        cp.close()
+        metrics.write_json(
+            workdir / "results.json", {"status": "interrupted", "step": step, "signal": name, "error": message}
+        )
+    raise preemption.Interrupted(message, signum)
 
 
 def _where_members(mask: np.ndarray, new, old):
@@ -354,15 +427,28 @@ def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "au
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown sweep executor {executor!r}; choose one of {EXECUTORS}")
-    sweep_dir = Path(sweep_dir)
     configs = [trial_config(base, p) for p in points]  # every key checked before anything runs
     for config in configs:
         train.check_config(config)
+    sweep_dir = rundir.prepare(sweep_dir)
     dirs = trial_dirs(sweep_dir, points)
-    selected = range(len(points)) if only is None else [only]
-    # finished and diverged trials stand (training is deterministic); pending, interrupted and failed ones run
-    todo = [i for i in selected if read_status(dirs[i])["status"] in ("pending", "running", "failed")]
-    metrics.log_line(f"sweep of {len(points)} trials in {sweep_dir}: {len(todo)} to run ({executor})")
+    with rundir.exclusive(sweep_dir), preemption.handling():
+        try:
+            _run_trials(configs, dirs, executor, only, max_group, sweep_dir)
+        finally:  # also when interrupted: the table shows what is done, running and interrupted
+            rows = write_report(sweep_dir, points, dirs)
+    return rows
+
+
+RERUN = ("pending", "running", "interrupted", "failed")
+
+
+def _run_trials(configs: list, dirs: list[Path], executor: str, only: int | None, max_group: int, sweep_dir: Path):
+    """Runs the trials (all, or just ``only``) whose status is one of RERUN, grouped as the executor says."""
+    selected = range(len(configs)) if only is None else [only]
+    # finished and diverged trials stand (training is deterministic); the others run or resume
+    todo = [i for i in selected if read_status(dirs[i])["status"] in RERUN]
+    metrics.log_line(f"sweep of {len(configs)} trials in {sweep_dir}: {len(todo)} to run ({executor})")
     groups: dict[str, list[int]] = {}  # trials that run alone are groups of one, in trial order
     for i in todo:
         key = group_key(configs[i]) if vectorizes(executor, configs[i].data.batch_size) else str(i)
@@ -370,17 +456,21 @@ def run_sweep(base, points: list[Point], sweep_dir: Path, *, executor: str = "au
     for members in groups.values():
         for start in range(0, len(members), max_group):
             chunk = members[start : start + max_group]
+            if signum := preemption.received():  # a signal between trials: stop before the next one
+                message = f"sweep interrupted by {preemption.signal_name(signum)}; run it again to go on"
+                raise preemption.Interrupted(message, signum)
             if len(chunk) == 1:
                 run_trial(configs[chunk[0]], dirs[chunk[0]])
                 continue
             try:
                 train_group([configs[i] for i in chunk], [dirs[i] for i in chunk])
+            except (preemption.Interrupted, rundir.RunDirectoryError):
+                raise
             except Exception as error:  # noqa: BLE001 - the group's trials are recorded as failed
                 for i in chunk:
                     metrics.write_json(
                         dirs[i] / "results.json", {"status": "failed", "error": f"{type(error).__name__}: {error}"}
                     )
-    return write_report(sweep_dir, points, dirs)
 
 
 def write_report(sweep_dir: Path, points: list[Point], dirs: list[Path]) -> list[dict]:

@@ -11,6 +11,7 @@ step s (augmentation, dropout) from ``fold_in(key, s)``, so a resumed run is bit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from cnnjax import backend, checkpoint, data, metrics, models, optim, parallel, plots, run_card
+from cnnjax import backend, checkpoint, data, metrics, models, optim, parallel, plots, preemption, run_card, rundir
 from cnnjax import config as config_lib
 from cnnjax import functional as F
 from cnnjax.checkpoint import Checkpoints
@@ -547,13 +548,22 @@ def train_and_evaluate(config, workdir: str | Path, epoch_callback=None) -> dict
     Returns:
       The results dict also written to ``workdir/results.json``. The trained model: ``cnnjax.load(workdir)``.
 
-    Raises ``TrainingDiverged`` (after writing ``status: diverged``) when the loss becomes non-finite, and a
-    ValueError naming the key when the config cannot work.
+    Raises:
+      TrainingDiverged: after writing ``status: diverged``, when the loss becomes non-finite.
+      preemption.Interrupted: after a checkpoint and ``status: interrupted``, on SIGTERM or SIGINT.
+      ValueError: naming the key when the config cannot work; ``rundir.RunDirectoryError`` (a ValueError) when
+        ``workdir`` cannot be used, another process is using it, or a write there fails.
     """
     started = time.time()
     model = check_config(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = rundir.prepare(workdir)
+    with rundir.exclusive(workdir) if parallel.is_chief() else contextlib.nullcontext():
+        return _run(config, model, workdir, started, epoch_callback)
+
+
+def _run(config, model, workdir: Path, started: float, epoch_callback) -> dict:
+    """train_and_evaluate in a checked, locked ``workdir``: a finished run's results, or training with its outcome
+    recorded in results.json."""
     results_path = workdir / "results.json"
     if _finished_with(workdir, config):
         metrics.log_line(f"{workdir} holds this finished run; its results stand (use a new --workdir to train again)")
@@ -565,12 +575,15 @@ def train_and_evaluate(config, workdir: str | Path, epoch_callback=None) -> dict
         metrics.write_json(workdir / "config.json", config.to_dict())
         metrics.write_json(results_path, {"status": "running"})
     try:
-        return _train(config, model, workdir, started, epoch_callback)
-    except TrainingDiverged:
+        with preemption.handling():
+            return _train(config, model, workdir, started, epoch_callback)
+    except (TrainingDiverged, preemption.Interrupted):
         raise
     except BaseException as error:
         if parallel.is_chief():
-            metrics.write_json(results_path, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            with contextlib.suppress(OSError):  # e.g. the disk is full: the error itself is what matters
+                metrics.write_json(results_path, {"status": status, "error": f"{type(error).__name__}: {error}"})
         raise
 
 
@@ -604,13 +617,13 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     trainable = trainable_params(state["params"], c.freeze)
     checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)
     meta = initial_meta()
-    latest = checkpoints.latest_step()
-    if latest is None and c.init_from:
+    resuming = checkpoints.latest_step() is not None
+    if not resuming and c.init_from:
         state, meta["warm_start"] = warm_start(state, c.init_from)
         metrics.log_line(meta["warm_start"]["summary"])
     state = parallel.replicate(state, mesh)
-    if latest is not None:
-        state, meta = checkpoints.restore(latest, state)
+    if resuming:
+        latest, state, meta = checkpoints.restore_latest(state)
         metrics.log_line(f"resuming from the checkpoint at step {latest} in {workdir}")
     writer = metrics.MetricsWriter(workdir, int(state["step"])) if chief else metrics.NullWriter()
     frozen = f", {trainable:,} trainable (train.freeze={c.freeze!r})" if c.freeze else ""
@@ -619,12 +632,13 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         f"{len(splits.train[1]):,} train / {len(splits.validation[1]):,} validation / {len(splits.test[1]):,} test, "
         f"{steps_per_epoch} steps per epoch on {mesh.size} device(s); run directory {workdir}"
     )
-    if latest is None and c.init_from and has_validation:
+    if not resuming and c.init_from and has_validation:
         start = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh)
         meta["warm_start"].update(val_loss=start.loss, val_accuracy=start.accuracy)
         writer.write({"kind": "warm_start", "step": 0, "val_loss": start.loss, "val_accuracy": start.accuracy})
         metrics.log_line(f"warm start: validation accuracy {100 * start.accuracy:.2f}% before training")
     step, first_step_s = int(state["step"]), None
+    preemption.start_polling()  # from here on a signal stops the run at the next step, with a checkpoint
     for epoch in range(step // steps_per_epoch, c.num_epochs):
         if meta["stopped_early"]:
             break
@@ -658,6 +672,9 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(interval_steps)  # finished steps only: its rate and ETA are not the dispatch's
                 interval_start, interval_steps = time.time(), 0
+            if i < steps_per_epoch - 1 and (signum := preemption.requested(step)):  # an epoch's end: below
+                bar.close()
+                _interrupted(workdir, step, state, meta, checkpoints, writer, signum)
             if c.checkpoint_every and step % c.checkpoint_every == 0 and i < steps_per_epoch - 1:
                 checkpoints.save(step, state, meta)
         bar.close()
@@ -678,8 +695,9 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         writer.write(epoch_record)
         metrics.log_line(_epoch_line(epoch_record, c.num_epochs))
         checkpoints.save(step, state, meta)
-    best = checkpoints.restore_best(state) if has_validation else None
-    final_state = best[0] if best is not None else state
+        if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs and not meta["stopped_early"]:
+            _interrupted(workdir, step, state, meta, checkpoints, writer, signum)
+    final_state, tested = _tested_state(checkpoints, state, meta, steps_per_epoch, has_validation)
     test = evaluate(eval_step, final_state, test_images, test_labels, config.data.eval_batch_size, mesh)
     writer.write({"kind": "test", "step": step, "test_loss": test.loss, "test_accuracy": test.accuracy,
                   "test_top5_accuracy": test.top5_accuracy})  # fmt: skip
@@ -698,7 +716,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     results = run_results(
         test, splits.class_names, meta if has_validation else None, epochs=step // steps_per_epoch,
         params=count_params(final_state["params"]), train_time_s=train_time, wall_time_s=time.time() - started,
-        steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s,
+        steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s, tested=tested,
         images_per_sec=sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
     )  # fmt: skip
     if "warm_start" in meta:
@@ -796,6 +814,40 @@ def run_results(test: Evaluation, class_names, meta: dict | None, *, epochs: int
         "wall_time_s": wall_time_s,
         **extra,
     }
+
+
+def _tested_state(checkpoints: Checkpoints, state: dict, meta: dict, steps_per_epoch: int, has_validation: bool):
+    """(state, which) whose parameters the test uses: the best checkpoint's. If it cannot be read, the periodic
+    checkpoint of the best step (the same state), else the final state, with a warning."""
+    if not has_validation:
+        return state, "final"
+    best = checkpoints.restore_best(state)
+    if best is not None:
+        return best[0], "best"
+    best_step = meta["best_epoch"] * steps_per_epoch
+    fallback = checkpoints.restore_latest(state, at_most=best_step)
+    if fallback is not None and fallback[0] == best_step:
+        metrics.log_line(f"warning: no readable best checkpoint; testing the periodic checkpoint of the best step "
+                         f"{best_step} (the same parameters)")  # fmt: skip
+        return fallback[1], f"periodic step {best_step}"
+    metrics.log_line(f"warning: neither the best checkpoint nor a periodic one of its step {best_step} can be read; "
+                     "testing the final parameters instead")  # fmt: skip
+    return state, "final (best checkpoint unreadable)"
+
+
+def _interrupted(workdir: Path, step: int, state: dict, meta: dict, checkpoints: Checkpoints, writer, signum: int):
+    """Stops a run on a signal: a checkpoint of ``step``, ``status: interrupted``, then ``preemption.Interrupted``."""
+    checkpoints.save(step, state, meta)
+    writer.close()
+    checkpoints.close()
+    name = preemption.signal_name(signum)
+    message = (f"interrupted by {name} at step {step}; the checkpoint is in {checkpoints.directory}: run the same "
+               "command again to resume")  # fmt: skip
+    if parallel.is_chief():
+        metrics.write_json(
+            workdir / "results.json", {"status": "interrupted", "step": step, "signal": name, "error": message}
+        )
+    raise preemption.Interrupted(message, signum)
 
 
 def _diverged(workdir: Path, step: int, record: dict, checkpoints: Checkpoints, writer) -> None:

@@ -124,7 +124,7 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "compiled_steps", interrupting_steps)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, tmp_path / "resumed")
-    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["status"] == "failed"
+    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(train, "compiled_steps", real_steps)
     results = train.train_and_evaluate(config, tmp_path / "resumed")
 

@@ -1,0 +1,98 @@
+"""Preemption: SIGTERM (schedulers, Kubernetes, cloud preemption) and SIGINT (Ctrl-C) stop a run cleanly.
+
+Within :func:`handling`, once the training loop has started (:func:`start_polling`), the first such signal only
+sets a flag; the loop polls :func:`requested` after each step, writes a checkpoint, marks ``results.json``
+``status: interrupted`` and raises :class:`Interrupted`. A second signal, or one before the loop started (loading
+data, compiling: there is nothing new to save), raises ``KeyboardInterrupt`` at once. In a multi-process run JAX's preemption service (started by
+``jax.distributed.initialize``) receives SIGTERM instead, and :func:`requested` asks it whether every process has
+reached the agreed step, so all processes checkpoint the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+import jax
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_received: list[int] = []  # the signals received within the outermost handling()
+_depth = [0]
+_polling = [False]
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal after writing its checkpoint. ``exit_code``: 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def _handler(signum, frame) -> None:
+    if _received or not _polling[0]:
+        raise KeyboardInterrupt
+    _received.append(signum)
+    from cnnjax import metrics
+
+    metrics.log_line(
+        f"{signal.Signals(signum).name} received: finishing the current step and writing a checkpoint "
+        "(send it again to stop at once)"
+    )
+
+
+def _multi_process() -> bool:
+    return jax.process_count() > 1
+
+
+@contextlib.contextmanager
+def handling() -> Iterator[None]:
+    """Installs the handlers (main thread only; nested uses share the outermost one's flag) and restores the
+    previous ones on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = [s for s in SIGNALS if not (_multi_process() and s == signal.SIGTERM)]
+    previous = {s: signal.getsignal(s) for s in signals}
+    if _depth[0] == 0:
+        _received.clear()
+        _polling[0] = False
+    _depth[0] += 1
+    for s in signals:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        _depth[0] -= 1
+        _polling[0] = _polling[0] and _depth[0] > 0
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def start_polling() -> None:
+    """From now on the loop polls :func:`requested`: a first signal waits for the next step's checkpoint."""
+    _polling[0] = True
+
+
+def received() -> int | None:
+    """The number of the first signal received within :func:`handling`, or None."""
+    return _received[0] if _received else None
+
+
+def requested(step: int) -> int | None:
+    """The signal that asked the training loop to stop (its number), or None. ``step``: the step just dispatched;
+    every process of a multi-process run calls this at every step."""
+    if _received:
+        return _received[0]
+    if _multi_process():
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.reached_preemption_sync_point(step):
+            return int(signal.SIGTERM)
+    return None
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
