@@ -154,7 +154,8 @@ def main(argv):
         print(error, file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        sys.exit("interrupted: the run resumes from its last checkpoint when run again")
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
 
 
 def use_trained_run() -> None:

@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run: the last K periodic ones and the best one, atomic, verified, resumable.
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete (and removes leftovers of an
-interrupted write at start-up), so a kill at any moment leaves the previous checkpoints intact. Each checkpoint's
+interrupted or failed write at start-up), so a kill or a full disk at any moment leaves the previous checkpoints
+intact. Each checkpoint's
 ``checksums.json`` (every file's size and BLAKE2 hash, written after it) lets a checkpoint damaged on disk be
 recognized before Orbax reads it. Restoring tries the newest checkpoint first; one that cannot be read is renamed
 ``<step>.corrupt`` (never deleted) with a warning, and the next older one is tried.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import jax
@@ -112,9 +112,6 @@ class Checkpoints:
         except Exception as error:
             if not isinstance(error, OSError) and not rundir.is_disk_full(error):
                 raise
-            for leftover in directory.glob(f"{step}.orbax-checkpoint-tmp*"):  # the unfinished write
-                shutil.rmtree(leftover, ignore_errors=True)
-            shutil.rmtree(directory / str(step), ignore_errors=True)
             manager.reload()
             latest = manager.latest_step()
             intact = "no earlier checkpoint was written" if latest is None else f"checkpoint step {latest} is intact"
@@ -138,7 +135,9 @@ class Checkpoints:
         try:
             saved = _shapes(manager.item_metadata(step)["state"].tree["params"])
         except Exception as error:  # noqa: BLE001 - any failure to read a checkpoint's metadata is damage
-            raise CorruptCheckpoint(f"its metadata cannot be read ({type(error).__name__}: {str(error)[:200]})") from None
+            raise CorruptCheckpoint(
+                f"its metadata cannot be read ({type(error).__name__}: {str(error)[:200]})"
+            ) from None
         expected = _shapes(like["params"])
         fix = "use a new --workdir for a different model, or restore the config that wrote it"
         if saved != expected:
@@ -253,7 +252,9 @@ def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, s
     try:
         verify(directory / str(step))
     except CorruptCheckpoint as error:
-        raise ValueError(f"checkpoint step {step} in {directory} is damaged ({error}); use another checkpoint") from None
+        raise ValueError(
+            f"checkpoint step {step} in {directory} is damaged ({error}); use another checkpoint"
+        ) from None
     restored = _manager(directory, create=False).restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
     )["state"]

@@ -87,7 +87,12 @@ def exclusive(path: Path, flag: str = "--workdir") -> Iterator[None]:
                 f"{flag}={path} is in use by another cnnjax process ({_holder(lock_path)}); wait for it to finish, "
                 f"stop it, or use another {flag}"
             ) from None
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": " ".join(sys.argv),
+        }
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(owner).encode(), 0)
         yield

@@ -235,7 +235,11 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
     checkpoints = [Checkpoints(workdir / "checkpoints", c.keep_checkpoints) for workdir in workdirs]
     restored = _restore_group(checkpoints, states)
     if restored is None:
-        step, metas, best_params = 0, [{**train.initial_meta(), "alive": True, "train_time_s": 0.0} for _ in configs], None
+        step, metas, best_params = (
+            0,
+            [{**train.initial_meta(), "alive": True, "train_time_s": 0.0} for _ in configs],
+            None,
+        )
     else:
         step, states, metas = restored
         best = [cp.restore_best(s) for cp, s in zip(checkpoints, states)]
