@@ -368,3 +368,19 @@ def test_launch_stops_promptly_on_sigterm_and_at_once_on_a_second_ctrl_c(tmp_pat
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
     assert json.loads((workdir / "results.json").read_text())["status"] == "interrupted"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sweeps killed at random moments (bench/fault_injection.py runs the same with more faults)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("name", ["sweep-sequential-kill-damaged", "sweep-vectorized-kill"])
+def test_a_sweep_killed_at_random_moments_ends_with_the_uninterrupted_table(tmp_path, name):
+    from bench import fault_injection
+
+    data = fault_injection.make_data(tmp_path, n_train=120)
+    row = fault_injection.run_scenario(name, data, faults=3, rng=np.random.default_rng(0))
+    assert row["equal"], row
+    assert any(f["exit_code"] == -signal.SIGKILL for f in row["faults"]), row  # at least one fault hit a running sweep
