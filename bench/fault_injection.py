@@ -1,6 +1,6 @@
 """Fault injection: runs and sweeps stopped at random moments and re-run must end equal to uninterrupted ones.
 
-    python -m bench.fault_injection [--faults=8] [--seed=0]
+    PYTHONPATH=. .venv/bin/python bench/fault_injection.py [--faults=8] [--seed=0] [--train_images=1200]
 
 Each scenario runs ``launch.py`` once without faults, then again in a fresh directory through ``--faults`` faults:
 every attempt is stopped after a random delay (uniform over the uninterrupted run's wall time) by SIGKILL or
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from cnnjax import metrics
 from tests.fakes import comparable, final_state, make_idx_dataset
@@ -176,6 +176,7 @@ def main(argv):
     del argv
     from bench.workloads import write_result
 
+    logging.set_verbosity(logging.WARNING)
     rng = np.random.default_rng(FLAGS.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,4 @@
-"""Renders the figures of README.md and docs/performance.md from the result files in bench/results/.
+"""Renders the figures of README.md, docs/performance.md and docs/architecture.md from the result files in bench/results/.
 
     python bench/render_docs.py          # rewrites the marked blocks in place
     python bench/render_docs.py --check  # exits 1 if a document differs from its result files
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "performance.md")
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "performance.md", ROOT / "docs" / "architecture.md")
 EXPERIMENT_ORDER = ("lenet", "lenet5_classic", "mnist_cnn", "resnet9")
 TORCH_MODELS = {"lenet": "LeNet", "mnist_cnn": "MNIST CNN", "cifar_cnn": "`cifar_cnn`", "resnet20": "ResNet-20",
                 "resnet9": "ResNet-9"}  # fmt: skip
@@ -145,7 +145,21 @@ def cpu_devices(base: Path = ROOT) -> str:
     return f"{r['devices']} devices over one: " + ", ".join(parts) + f" ({hardware(r)}; {_link(path, base)})"
 
 
+def fault_injection(base: Path = ROOT) -> str:
+    """Per scenario: faults injected, whether the run ended equal to the uninterrupted one, the time lost per fault."""
+    if (found := _single("fault_injection")) is None:
+        return _missing("fault_injection")
+    path, r = found
+    lines = ["| scenario | fault | injected | ended equal | uninterrupted | lost per fault |",
+             "| --- | --- | ---: | --- | ---: | ---: |"]  # fmt: skip
+    for row in r["scenarios"]:
+        lines.append(f"| `{row['scenario']}` | {row['fault']} | {row['injected']} | {'yes' if row['equal'] else 'NO'} "
+                     f"| {row['uninterrupted_s']:.0f} s | {row['lost_s_per_fault']:.1f} s |")  # fmt: skip
+    return "\n".join(lines) + f"\n\n{hardware(r)}; {_link(path, base)}."
+
+
 BLOCKS = {
+    "fault_injection": fault_injection,
     "experiments": experiments_table,
     "vs_pytorch": vs_pytorch,
     "conv_lowerings": conv_lowerings,

@@ -21,18 +21,22 @@ from cnnjax import rundir
 TIMING_KEYS = ("images_per_sec", "elapsed_s")
 
 
-def write_json(path: str | Path, data: dict) -> None:
-    """Writes ``data`` as JSON atomically: a reader or a crash never sees a half-written file, and a failed write
-    (a full disk) leaves the previous file intact."""
+def write_text(path: str | Path, text: str) -> None:
+    """Writes ``text`` atomically: a reader or a crash never sees a half-written file, and a failed write (a full
+    disk) leaves the previous file intact and raises a one-line ``rundir.RunDirectoryError``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise rundir.write_error(error, path, path.name, len(text), f"the previous {path.name} is intact") from None
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Writes ``data`` as JSON with :func:`write_text`."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_records(path: str | Path) -> list[dict]:

@@ -3,9 +3,9 @@
 Within :func:`handling`, once the training loop has started (:func:`start_polling`), the first such signal only
 sets a flag; the loop polls :func:`requested` after each step, writes a checkpoint, marks ``results.json``
 ``status: interrupted`` and raises :class:`Interrupted`. A second signal, or one before the loop started (loading
-data, compiling: there is nothing new to save), raises ``KeyboardInterrupt`` at once. In a multi-process run JAX's preemption service (started by
-``jax.distributed.initialize``) receives SIGTERM instead, and :func:`requested` asks it whether every process has
-reached the agreed step, so all processes checkpoint the same step.
+data, compiling: there is nothing new to save), raises ``KeyboardInterrupt`` at once. In a multi-process run no handler is installed: JAX's preemption
+service (started by ``jax.distributed.initialize``) receives SIGTERM, and :func:`requested` asks it whether every
+process has reached the agreed step, so all processes checkpoint the same step (Ctrl-C stops them at once).
 """
 
 from __future__ import annotations
@@ -51,16 +51,15 @@ def _multi_process() -> bool:
 def handling() -> Iterator[None]:
     """Installs the handlers (main thread only; nested uses share the outermost one's flag) and restores the
     previous ones on exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or _multi_process():
+        yield  # processes must stop at the same step: JAX's preemption service decides (see requested)
         return
-    signals = [s for s in SIGNALS if not (_multi_process() and s == signal.SIGTERM)]
-    previous = {s: signal.getsignal(s) for s in signals}
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
     if _depth[0] == 0:
         _received.clear()
         _polling[0] = False
     _depth[0] += 1
-    for s in signals:
+    for s in SIGNALS:
         signal.signal(s, _handler)
     try:
         yield

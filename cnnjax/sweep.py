@@ -19,6 +19,7 @@ import copy
 import csv
 import dataclasses
 import functools
+import io
 import itertools
 import json
 import math
@@ -495,13 +496,14 @@ def write_report(sweep_dir: Path, points: list[Point], dirs: list[Path]) -> list
         })  # fmt: skip
     rows.sort(key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1.0))
     columns = list(rows[0]) if rows else []
-    with open(sweep_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(table_csv, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    metrics.write_text(sweep_dir / "results.csv", table_csv.getvalue())
     table = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     table += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
-    (sweep_dir / "results.md").write_text("\n".join(table) + "\n")
+    metrics.write_text(sweep_dir / "results.md", "\n".join(table) + "\n")
     axes = list(points[0]) if points else []
     plots.sweep_heatmap(rows, axes, sweep_dir / "heatmap.png")
     plots.overlaid_learning_curves(

@@ -582,7 +582,7 @@ def _run(config, model, workdir: Path, started: float, epoch_callback) -> dict:
     except BaseException as error:
         if parallel.is_chief():
             status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-            with contextlib.suppress(OSError):  # e.g. the disk is full: the error itself is what matters
+            with contextlib.suppress(OSError, rundir.RunDirectoryError):  # a full disk: the error itself matters
                 metrics.write_json(results_path, {"status": status, "error": f"{type(error).__name__}: {error}"})
         raise
 

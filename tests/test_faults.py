@@ -173,6 +173,31 @@ def test_a_full_disk_leaves_the_metrics_log_and_json_files_as_they_were(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "results.json", "tensorboard"]
 
 
+def test_a_full_disk_during_training_is_one_line_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    config = small_config(tmp_path)
+    train.train_and_evaluate(config, tmp_path / "whole")
+    real_save, saves = ocp.StandardCheckpointHandler.async_save, [0]
+
+    async def full_at_the_second_save(*args, **kwargs):
+        saves[0] += 1
+        if saves[0] == 3:  # epoch 1's periodic and best checkpoints are written; epoch 2's is not
+            disk_full()
+        return await real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", full_at_the_second_save)
+    with pytest.raises(rundir.RunDirectoryError, match="writing checkpoint step 12 .* checkpoint step 6 is intact"):
+        train.train_and_evaluate(config, tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "results.json").read_text())["status"] == "failed"
+    monkeypatch.undo()
+    results = train.train_and_evaluate(config, tmp_path / "full")
+    whole, full = final_state(tmp_path / "whole"), final_state(tmp_path / "full")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, whole[1], full[1])
+    assert comparable(metrics.read_records(tmp_path / "whole" / "metrics.jsonl")) == comparable(
+        metrics.read_records(tmp_path / "full" / "metrics.jsonl")
+    )
+    assert results["test_accuracy"] == json.loads((tmp_path / "whole" / "results.json").read_text())["test_accuracy"]
+
+
 def denied(**kwargs):
     raise PermissionError(errno.EACCES, "Permission denied")
 

@@ -298,5 +298,10 @@ def test_launcher_overrides_summary_and_errors():
     assert "lenet, lenet5_classic" in result.stderr
     result = launch("--experiment=lenet", "--config.optim.learning_rate=fast", "--summary")
     assert result.returncode != 0 and "learning_rate" in result.stderr
+    result = launch("--experiment=lenet", "--workdir=README.md")  # a file: one line, nothing started
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --workdir=README.md is a file, not a directory; name a directory (created if missing)"
+    )
     result = launch("--help")  # no experiment needed to read the flags (absl's help exits with status 1)
     assert "--experiment: the experiment to run" in result.stdout and "lenet, lenet5_classic" in result.stdout
