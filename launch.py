@@ -33,6 +33,8 @@ flags.DEFINE_string(
     "the experiment to run, experiments/<NAME>.py: " + ", ".join(available_experiments()),
 )
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
+flags.DEFINE_bool("dry_run", False, "one training and one evaluation step on the real data and shapes, then exit "
+                  "(writes nothing)")  # fmt: skip
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
 flags.DEFINE_bool(
     "visualize",
@@ -138,6 +140,12 @@ def main(argv):
     from cnnjax import preemption
 
     try:
+        if FLAGS.dry_run:
+            result = train.dry_run(config)
+            print(f"dry run: one step on {'x'.join(map(str, result['image_shape']))} images, training loss "
+                  f"{result['train_loss']:.4f}, evaluation loss {result['eval_loss']:.4f}; compiled and ran in "
+                  f"{result['compile_and_step_s']:.1f} s ({result['steps_per_epoch']} steps per epoch)")  # fmt: skip
+            return
         if FLAGS.sweep:
             run_sweep(config)
         else:

@@ -88,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
             "checkpoint_every": 0,  # steps between extra mid-epoch checkpoints (0: only at epoch ends)
             "keep_checkpoints": 3,
             "early_stopping_patience": 0,  # evaluations without a better validation accuracy (0: never stop)
+            "max_steps": 0,  # > 0: stop (checkpoint, validate, test) after this many training steps
+            "max_time": 0.0,  # > 0: stop the same way after this many minutes of training
+            "limit_batches": 0,  # > 0: smoke runs: at most this many training and evaluation batches per epoch
             "init_from": ml_collections.config_dict.placeholder(str),  # warm start: a run or checkpoint directory
             "freeze": "",  # a regex: parameters whose paths ('conv1/kernel') match are not trained
             "log_every": 50,  # steps between metric records
@@ -171,6 +174,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(train.log_every >= 1, "train.log_every", train.log_every, "must be >= 1")
     _check(train.checkpoint_every >= 0, "train.checkpoint_every", train.checkpoint_every, "must be >= 0")
     _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 1")
+    _check(train.max_steps >= 0, "train.max_steps", train.max_steps, "must be >= 0 (0: no step budget)")
+    _check(train.max_time >= 0, "train.max_time", train.max_time, "must be >= 0 minutes (0: no time budget)")
+    _check(train.limit_batches >= 0, "train.limit_batches", train.limit_batches, "must be >= 0 (0: every batch)")
     patience = train.early_stopping_patience
     _check(patience >= 0, "train.early_stopping_patience", patience, "must be >= 0")
     try:

@@ -230,7 +230,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
     val_images, val_labels = jax.device_put(splits.validation)
     test_images, test_labels = jax.device_put(splits.test)
     batch_size, c = base.data.batch_size, base.train
-    steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
+    steps_per_epoch = train.epoch_steps(base, len(splits.train[1]))
     optimizer, train_fn, _, eval_fn, _ = train.compiled_steps(base, model, steps_per_epoch)
     states, (key, *_) = zip(*(train.run_state(config, model, optimizer, splits.image_shape) for config in configs))
     checkpoints = [Checkpoints(workdir / "checkpoints", c.keep_checkpoints) for workdir in workdirs]
@@ -268,9 +268,14 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
             if improved is not None and improved[m]:
                 checkpoints[m].save_best(step, _member(state, m), metas[m])
 
+    budget, stopped = train.Budget.of(c, workdirs[0]), None
+    evaluations = functools.partial(_group_evaluations, group_eval, batch_size=base.data.eval_batch_size,
+                                    limit=c.limit_batches)  # fmt: skip
     preemption.start_polling()
     for epoch in range(step // steps_per_epoch, c.num_epochs):
         if not any(meta["alive"] and not meta["stopped_early"] for meta in metas):
+            break
+        if stopped := budget.spent(step, check_time=True):
             break
         epoch_start = time.time()
         batches = data.train_batches(len(splits.train[1]), batch_size, seed=c.seed, epoch=epoch)  # (steps, batch)
@@ -280,13 +285,15 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         for i in range(offset, steps_per_epoch):
             state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(batches[i]), key, alive)
             step += 1
+            if stopped := budget.spent(step, check_time=step % c.log_every == 0):
+                break
             if i < steps_per_epoch - 1 and (signum := preemption.requested(step)):
                 train_time += time.time() - epoch_start
                 save_all(step)
                 _interrupt_group(workdirs, writers, checkpoints, step, signum)
         sums = np.asarray(state["epoch_sums"], np.float64)
         elapsed = time.time() - epoch_start  # training only, as in a solo run's epoch record
-        val = _group_evaluations(group_eval, state, val_images, val_labels, base.data.eval_batch_size)
+        val = evaluations(state, val_images, val_labels)
         train_time += elapsed
         alive_host, learning_rates = np.asarray(alive), np.asarray(step_metrics["learning_rate"])
         running = [alive_host[m] and not metas[m]["stopped_early"] for m in range(k)]
@@ -294,11 +301,14 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
                              train.update_best(metas[m], epoch + 1, val[m].accuracy, c.early_stopping_patience)
                              for m in range(k)])  # fmt: skip
         best_params = _where_members(improved, state["params"], best_params)
+        for m in np.flatnonzero(improved):
+            metas[m]["best_step"] = step
         for m in range(k):
             if alive_host[m]:
                 writers[m].write(train.make_epoch_record(
                     step, epoch + 1, sums[m], learning_rates[m], elapsed,
-                    k * (steps_per_epoch - offset) * batch_size / elapsed, val[m] if has_validation else None,
+                    k * (step - epoch * steps_per_epoch - offset) * batch_size / elapsed,
+                    val[m] if has_validation else None,
                 ))  # fmt: skip
         metrics.log_line(
             f"epoch {epoch + 1:>3}/{c.num_epochs}  group of {k}: val acc "
@@ -306,19 +316,22 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
             + f"  {elapsed:.1f} s"
         )
         save_all(step, improved)
+        if stopped:
+            metrics.log_line(f"stopped the group at step {step}: the budget {stopped} is spent")
+            break
         if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs:
             _interrupt_group(workdirs, writers, checkpoints, step, signum)
     if not has_validation:
         best_params = state["params"]
     epochs = step // steps_per_epoch
-    test = _group_evaluations(
-        group_eval, {**state, "params": best_params}, test_images, test_labels, base.data.eval_batch_size
-    )
+    test = evaluations({**state, "params": best_params}, test_images, test_labels)
     alive_host = np.asarray(alive)
     results = []
     for m, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers)):
         if alive_host[m]:  # the tested parameters as the member's best checkpoint: cnnjax.load uses them
-            tested_step = (metas[m]["best_epoch"] if has_validation else epochs) * steps_per_epoch
+            tested_step = (
+                metas[m].get("best_step", metas[m]["best_epoch"] * steps_per_epoch) if has_validation else step
+            )
             checkpoints[m].save_best(tested_step, _member({**state, "params": best_params}, m), metas[m])
             writer.write({"kind": "test", "step": step, "test_loss": test[m].loss,
                           "test_accuracy": test[m].accuracy, "test_top5_accuracy": test[m].top5_accuracy})  # fmt: skip
@@ -327,7 +340,8 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         records = metrics.read_records(workdir / "metrics.jsonl")
         if records:
             plots.learning_curves(records, workdir / "learning_curves.png", title=f"{config.model.name} (vectorized)")
-        common = {"executor": "vectorized", "group_size": k}
+        common = {"executor": "vectorized", "group_size": k, "budget": stopped}
+        common["stopped"] = "budget" if stopped else ("early_stopping" if metas[m]["stopped_early"] else "num_epochs")
         if alive_host[m]:
             result = train.run_results(
                 test[m], splits.class_names, metas[m] if has_validation else None, epochs=epochs,
@@ -393,11 +407,14 @@ def _group_steps(train_fn, eval_fn, xla: backend.XlaOptions, axis_name: str | No
     return group_step, group_eval
 
 
-def _group_evaluations(group_eval, state, images, labels, batch_size: int) -> list:
-    """Every member's ``train.Evaluation`` of a split (NaN metrics where the split is empty)."""
+def _group_evaluations(group_eval, state, images, labels, batch_size: int, limit: int = 0) -> list:
+    """Every member's ``train.Evaluation`` of a split (NaN metrics where the split is empty); ``limit`` > 0: only
+    its first batches (``train.limit_batches``)."""
     if len(labels) == 0:
         return [train.Evaluation(np.nan, np.nan, np.nan, None)] * state["step"].shape[0]
     index, weights = data.eval_batches(len(labels), batch_size)
+    if limit:
+        index, weights = index[:limit], weights[:limit]
     totals = 0.0
     for batch_index, batch_weights in zip(index, weights):
         totals = totals + group_eval(state["params"], state["model_state"], images, labels, batch_index, batch_weights)

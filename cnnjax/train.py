@@ -12,6 +12,7 @@ step s (augmentation, dropout) from ``fold_in(key, s)``, so a resumed run is bit
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -382,7 +383,7 @@ class Evaluation(NamedTuple):
     confusion: np.ndarray
 
 
-def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> Evaluation:
+def evaluate(eval_step, state, images, labels, batch_size: int, mesh, limit: int = 0) -> Evaluation:
     """The metrics of ``state`` over every example of a split; the padded last batch is weighted out.
 
     Args:
@@ -392,11 +393,14 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> Evaluat
       labels: (N,).
       batch_size: examples per evaluation step.
       mesh: the device mesh batches are sharded over, or None.
+      limit: > 0 evaluates only the first ``limit`` batches (``train.limit_batches``: smoke runs).
 
     Returns:
       The split's :class:`Evaluation`.
     """
     index, weights = data.eval_batches(len(labels), batch_size)
+    if limit:
+        index, weights = index[:limit], weights[:limit]
     totals = 0.0
     for batch_index, batch_weights in zip(index, weights):
         batch_index, batch_weights = parallel.shard_batch((batch_index, batch_weights), mesh)
@@ -504,6 +508,44 @@ def warm_start(state: dict, source: str) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def epoch_steps(config, num_examples: int) -> int:
+    """Training steps per epoch: full batches, at most ``train.limit_batches`` (smoke runs) when it is > 0."""
+    steps = data.steps_per_epoch(num_examples, config.data.batch_size)
+    return min(steps, config.train.limit_batches) if config.train.limit_batches else steps
+
+
+@dataclasses.dataclass
+class Budget:
+    """``train.max_steps`` and ``train.max_time`` (minutes of training, those of earlier processes of the run
+    included): :meth:`spent` names the one that ran out."""
+
+    max_steps: int
+    max_seconds: float
+    trained_before_s: float
+    started: float = dataclasses.field(default_factory=time.time)
+
+    @classmethod
+    def of(cls, train_config, workdir: Path | None = None) -> Budget:
+        records = metrics.read_records(workdir / "metrics.jsonl") if workdir else []
+        before = sum(r["elapsed_s"] for r in records if r["kind"] == "epoch")
+        return cls(train_config.max_steps, 60.0 * train_config.max_time, before)
+
+    def spent(self, step: int, check_time: bool) -> str | None:
+        """'train.max_steps=N' or 'train.max_time=M' when that budget is spent at ``step``, else None. The clock is
+        read only when ``check_time`` (all processes of a run agree, taking process 0's answer)."""
+        if self.max_steps and step >= self.max_steps:
+            return f"train.max_steps={self.max_steps}"
+        if self.max_seconds and check_time:
+            out = self.trained_before_s + time.time() - self.started >= self.max_seconds
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                out = bool(multihost_utils.broadcast_one_to_all(np.asarray(out)))
+            if out:
+                return f"train.max_time={self.max_seconds / 60:g}"
+        return None
+
+
 def _train_record(step, epoch, step_metrics, epoch_sums, images_per_sec) -> dict:
     fetched = jax.device_get(step_metrics)
     loss_sum, accuracy_sum, steps = (float(v) for v in np.asarray(epoch_sums, np.float64))
@@ -587,6 +629,31 @@ def _run(config, model, workdir: Path, started: float, epoch_callback) -> dict:
         raise
 
 
+def dry_run(config) -> dict:
+    """One training step and one evaluation step of ``config`` on its real data and shapes, writing nothing
+    (Lightning's ``fast_dev_run``): what a long run would fail on, found in seconds.
+
+    Returns:
+      {'image_shape', 'steps_per_epoch', 'train_loss', 'eval_loss', 'compile_and_step_s'}.
+    """
+    model = check_config(config)
+    splits = data.load_splits(config.data)
+    check_against_data(model, config.data, splits)
+    steps_per_epoch = epoch_steps(config, len(splits.train[1]))
+    started = time.time()
+    optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch)
+    state, key = run_state(config, model, optimizer, splits.image_shape)
+    mesh = parallel.make_mesh(config.train.num_devices)
+    state, (images, labels) = parallel.replicate(state, mesh), parallel.replicate(splits.train, mesh)
+    batch = data.train_batches(len(labels), config.data.batch_size, seed=config.train.seed, epoch=0)[0]
+    state, step_metrics = train_step(state, images, labels, parallel.shard_batch(batch, mesh), key)
+    train_loss = float(step_metrics["loss"])
+    split = parallel.replicate(splits.validation if len(splits.validation[1]) else splits.test, mesh)
+    val = evaluate(eval_step, state, *split, config.data.eval_batch_size, mesh, limit=1)
+    return {"image_shape": list(splits.image_shape), "steps_per_epoch": steps_per_epoch, "train_loss": train_loss,
+            "eval_loss": val.loss, "compile_and_step_s": time.time() - started}  # fmt: skip
+
+
 def _finished_with(workdir: Path, config) -> bool:
     """Whether ``workdir`` holds a finished run of exactly ``config`` (a changed config, e.g. more epochs, resumes
     training from the last checkpoint instead)."""
@@ -611,7 +678,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     test_images, test_labels = parallel.replicate(splits.test, mesh)
     has_validation = len(splits.validation[1]) > 0
     batch_size = config.data.batch_size
-    steps_per_epoch = data.steps_per_epoch(len(splits.train[1]), batch_size)
+    steps_per_epoch = epoch_steps(config, len(splits.train[1]))
     optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch)
     state, train_key = run_state(config, model, optimizer, splits.image_shape)
     trainable = trainable_params(state["params"], c.freeze)
@@ -633,14 +700,18 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         f"{steps_per_epoch} steps per epoch on {mesh.size} device(s); run directory {workdir}"
     )
     if not resuming and c.init_from and has_validation:
-        start = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh)
+        start = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh,
+                         limit=c.limit_batches)  # fmt: skip
         meta["warm_start"].update(val_loss=start.loss, val_accuracy=start.accuracy)
         writer.write({"kind": "warm_start", "step": 0, "val_loss": start.loss, "val_accuracy": start.accuracy})
         metrics.log_line(f"warm start: validation accuracy {100 * start.accuracy:.2f}% before training")
-    step, first_step_s = int(state["step"]), None
+    step, first_step_s, stopped = int(state["step"]), None, None
+    budget = Budget.of(c, workdir)
+    evaluate_split = functools.partial(evaluate, eval_step, batch_size=config.data.eval_batch_size, mesh=mesh,
+                                       limit=c.limit_batches)  # fmt: skip
     preemption.start_polling()  # from here on a signal stops the run at the next step, with a checkpoint
     for epoch in range(step // steps_per_epoch, c.num_epochs):
-        if meta["stopped_early"]:
+        if meta["stopped_early"] or (stopped := budget.spent(step, check_time=True)):
             break
         offset = step - epoch * steps_per_epoch
         if offset == 0:
@@ -657,7 +728,9 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
             if first_step_s is None:
                 jax.block_until_ready(step_metrics)
                 first_step_s = time.time() - started
-            if step % c.log_every == 0 or i == steps_per_epoch - 1:
+            stopped = budget.spent(step, check_time=step % c.log_every == 0)  # the clock at host syncs only
+            last = i == steps_per_epoch - 1 or stopped is not None
+            if step % c.log_every == 0 or last:
                 # steps are dispatched asynchronously: time the interval when its last step has finished
                 jax.block_until_ready(step_metrics)
                 elapsed = time.time() - interval_start
@@ -672,33 +745,39 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(interval_steps)  # finished steps only: its rate and ETA are not the dispatch's
                 interval_start, interval_steps = time.time(), 0
-            if i < steps_per_epoch - 1 and (signum := preemption.requested(step)):  # an epoch's end: below
+            if not last and (signum := preemption.requested(step)):  # an epoch's end: below
                 bar.close()
                 _interrupted(workdir, step, state, meta, checkpoints, writer, signum)
-            if c.checkpoint_every and step % c.checkpoint_every == 0 and i < steps_per_epoch - 1:
+            if c.checkpoint_every and step % c.checkpoint_every == 0 and not last:
                 checkpoints.save(step, state, meta)
+            if stopped:
+                break
         bar.close()
         epoch_time = time.time() - epoch_start
-        images_per_sec = (steps_per_epoch - offset) * batch_size / epoch_time
+        images_per_sec = (step - epoch * steps_per_epoch - offset) * batch_size / epoch_time
         val = None
-        if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs):
-            val = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh)
-            update_best(meta, epoch + 1, val.accuracy, c.early_stopping_patience)
+        if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs or stopped):
+            val = evaluate_split(state, val_images, val_labels)
+            if update_best(meta, epoch + 1, val.accuracy, c.early_stopping_patience):
+                meta["best_step"] = step
         epoch_record = make_epoch_record(
             step, epoch + 1, np.asarray(state["epoch_sums"]), record["learning_rate"], epoch_time, images_per_sec, val
         )
         if val is not None:
             if epoch_callback is not None:
                 epoch_callback(epoch + 1, epoch_record["val_accuracy"])
-            if meta["best_epoch"] == epoch + 1:
+            if meta.get("best_step") == step:
                 checkpoints.save_best(step, state, meta)
         writer.write(epoch_record)
         metrics.log_line(_epoch_line(epoch_record, c.num_epochs))
         checkpoints.save(step, state, meta)
+        if stopped:
+            metrics.log_line(f"stopped at step {step}: the budget {stopped} is spent")
+            break
         if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs and not meta["stopped_early"]:
             _interrupted(workdir, step, state, meta, checkpoints, writer, signum)
     final_state, tested = _tested_state(checkpoints, state, meta, steps_per_epoch, has_validation)
-    test = evaluate(eval_step, final_state, test_images, test_labels, config.data.eval_batch_size, mesh)
+    test = evaluate_split(final_state, test_images, test_labels)
     writer.write({"kind": "test", "step": step, "test_loss": test.loss, "test_accuracy": test.accuracy,
                   "test_top5_accuracy": test.top5_accuracy})  # fmt: skip
     title = f"{config.model.name} on {config.data.name}"
@@ -717,6 +796,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         test, splits.class_names, meta if has_validation else None, epochs=step // steps_per_epoch,
         params=count_params(final_state["params"]), train_time_s=train_time, wall_time_s=time.time() - started,
         steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s, tested=tested,
+        stopped="budget" if stopped else ("early_stopping" if meta["stopped_early"] else "num_epochs"),
+        budget=stopped,
         images_per_sec=sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
     )  # fmt: skip
     if "warm_start" in meta:
@@ -824,7 +905,7 @@ def _tested_state(checkpoints: Checkpoints, state: dict, meta: dict, steps_per_e
     best = checkpoints.restore_best(state)
     if best is not None:
         return best[0], "best"
-    best_step = meta["best_epoch"] * steps_per_epoch
+    best_step = meta.get("best_step", meta["best_epoch"] * steps_per_epoch)
     fallback = checkpoints.restore_latest(state, at_most=best_step)
     if fallback is not None and fallback[0] == best_step:
         metrics.log_line(f"warning: no readable best checkpoint; testing the periodic checkpoint of the best step "

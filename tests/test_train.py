@@ -305,3 +305,46 @@ def test_launcher_overrides_summary_and_errors():
     )
     result = launch("--help")  # no experiment needed to read the flags (absl's help exits with status 1)
     assert "--experiment: the experiment to run" in result.stdout and "lenet, lenet5_classic" in result.stdout
+
+
+def test_budgets_stop_cleanly_and_a_larger_budget_resumes_to_the_same_state(tmp_path):
+    config = small_config(tmp_path)  # 6 steps per epoch, 3 epochs
+    train.train_and_evaluate(config, tmp_path / "whole")
+    config.train.max_steps = 9
+    results = train.train_and_evaluate(config, tmp_path / "budget")
+    assert results["status"] == "done" and results["stopped"] == "budget" and results["budget"] == "train.max_steps=9"
+    assert results["steps"] == 9 and results["test_accuracy"] is not None
+    epochs = [r for r in metrics.read_records(tmp_path / "budget" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == [6, 9] and "val_accuracy" in epochs[-1]  # validated where it stopped
+    config.train.max_steps = 18  # the schedule does not depend on the budget: the same run, resumed at step 9
+    results = train.train_and_evaluate(config, tmp_path / "budget")
+    assert results["steps"] == 18 and results["stopped"] == "budget"
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, final_state(tmp_path / "whole")[1], final_state(tmp_path / "budget")[1]
+    )
+    config.train.max_steps, config.train.max_time = 0, 1e-6  # minutes: spent at the first look at the clock
+    results = train.train_and_evaluate(config, tmp_path / "time")
+    assert results["budget"] == "train.max_time=1e-06" and results["steps"] == config.train.log_every
+    config.train.max_time, config.train.limit_batches = 0.0, 2  # a smoke run: 2 batches per epoch
+    results = train.train_and_evaluate(config, tmp_path / "smoke")
+    assert results["steps"] == 6 and results["stopped"] == "num_epochs"
+
+
+def test_dry_run_takes_one_step_on_the_real_shapes_and_writes_nothing(tmp_path):
+    config = small_config(tmp_path)
+    result = train.dry_run(config)
+    assert result["image_shape"] == [28, 28, 1] and result["steps_per_epoch"] == 6
+    assert np.isfinite(result["train_loss"]) and np.isfinite(result["eval_loss"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_vectorized_group_keeps_the_budget(tmp_path):
+    from cnnjax import sweep
+
+    config = small_config(tmp_path, max_steps=9)
+    rows = sweep.run_sweep(config, sweep.grid(**{"optim.learning_rate": [1e-3, 2e-3]}), tmp_path / "s",
+                           executor="vectorized")  # fmt: skip
+    for trial in sweep.trial_dirs(tmp_path / "s", sweep.grid(**{"optim.learning_rate": [1e-3, 2e-3]})):
+        results = json.loads((trial / "results.json").read_text())
+        assert results["stopped"] == "budget" and results["executor"] == "vectorized"
+    assert all(r["status"] == "done" for r in rows)
