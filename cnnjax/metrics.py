@@ -1,8 +1,9 @@
 """Metric writers (JSONL and TensorBoard), atomic JSON files, and the progress bar.
 
 ``metrics.jsonl`` holds one JSON record per line, each with ``kind`` ('train', 'epoch' or 'test') and ``step``. On a
-resume from the checkpoint at step S the file is cut back to the records of steps <= S (and a half-written last
-line is dropped), so a resumed run's log equals an uninterrupted run's. Timing fields (``TIMING_KEYS``) are the only
+resume from the checkpoint at step S the file is cut back to the records of steps <= S but the test record (a run
+killed after its test and before its results), and a half-written last line is dropped, so a resumed run's log
+equals an uninterrupted run's. Timing fields (``TIMING_KEYS``) are the only
 ones that differ between runs. A write that fails (a full disk) leaves the file as it was before that record, and
 raises a one-line ``rundir.RunDirectoryError``.
 """
@@ -63,7 +64,8 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
 
         self.path = Path(workdir) / "metrics.jsonl"
-        kept = [r for r in read_records(self.path) if r["step"] <= resume_step]
+        # a test record is the last of a finished run: one kept at a resume would be followed by a second one
+        kept = [r for r in read_records(self.path) if r["step"] <= resume_step and r["kind"] != "test"]
         tmp = self.path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         os.replace(tmp, self.path)

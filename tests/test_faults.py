@@ -270,6 +270,15 @@ def test_the_first_signal_is_polled_and_a_second_one_stops_at_once():
         assert preemption.received() is None  # a new run starts without the old signal
 
 
+def test_a_run_killed_between_its_test_and_its_results_is_tested_once_again(tmp_path):
+    config = small_config(tmp_path)
+    first = train.train_and_evaluate(config, tmp_path / "run")
+    metrics.write_json(tmp_path / "run" / "results.json", {"status": "running"})  # the kill came before this write
+    again = train.train_and_evaluate(config, tmp_path / "run")
+    records = metrics.read_records(tmp_path / "run" / "metrics.jsonl")
+    assert sum(r["kind"] == "test" for r in records) == 1 and again["test_accuracy"] == first["test_accuracy"]
+
+
 def signalling_steps(monkeypatch, at_call: int, signum=signal.SIGTERM):
     """Makes the training step send this process ``signum`` at its ``at_call``-th call, as a scheduler would."""
     real_steps = train.compiled_steps
