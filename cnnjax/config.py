@@ -71,11 +71,16 @@ def base_config() -> ml_collections.ConfigDict:
             "rms_decay": 0.9,
             "weight_decay": 0.0,  # decoupled weight decay (AdamW style), on kernels only
             "l2": 0.0,  # coupled L2: adds l2 * 0.5 * sum(w ** 2) of the kernels to the loss
-            "schedule": "constant",  # constant | step | exponential | cosine
+            "schedule": "constant",  # constant | step | exponential | cosine | cosine_restarts | polynomial | onecycle | plateau
             "warmup_epochs": 0.0,  # linear warmup from 0
             "decay_rate": 0.1,  # step: factor every decay_epochs; exponential: factor per decay_epochs
             "decay_epochs": 10.0,
             "clip_norm": 0.0,  # > 0: clip gradients to this global norm
+            "restart_epochs": 10.0,  # cosine_restarts: the period of each cosine decay
+            "poly_power": 1.0,  # polynomial: the exponent of the decay to 0 (1: linear)
+            "onecycle_pct_start": 0.3,  # onecycle: the share of the run spent rising to the peak
+            "plateau_factor": 0.1,  # plateau: the rate's factor when the validation loss stalls
+            "plateau_patience": 3,  # plateau: validations without improvement before it falls
         }
     )
     config.train = ml_collections.ConfigDict(

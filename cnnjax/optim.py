@@ -49,7 +49,7 @@ def scale_by_scheduled_rate(learning_rate, schedule: optax.Schedule) -> optax.Gr
     return optax.GradientTransformation(init, update)
 
 
-SCHEDULES = ("constant", "step", "exponential", "cosine")
+SCHEDULES = ("constant", "step", "exponential", "cosine", "cosine_restarts", "polynomial", "onecycle", "plateau")
 
 
 def kernels_mask(params):
@@ -78,25 +78,53 @@ def validate(c) -> None:
     check(0 < c.decay_rate <= 1, "decay_rate", "must lie in (0, 1]")
     check(c.decay_epochs > 0, "decay_epochs", "must be > 0")
     check(c.clip_norm >= 0, "clip_norm", "must be >= 0 (0 disables clipping)")
+    check(0 < c.onecycle_pct_start < 1, "onecycle_pct_start", "must lie in (0, 1)")
+    check(c.schedule != "onecycle" or c.warmup_epochs == 0, "warmup_epochs",
+          "must be 0 with schedule='onecycle', whose first onecycle_pct_start of the run is its warmup")  # fmt: skip
+    check(c.poly_power > 0, "poly_power", "must be > 0")
+    check(c.restart_epochs > 0, "restart_epochs", "must be > 0")
+    check(0 < c.plateau_factor < 1, "plateau_factor", "must lie in (0, 1)")
+    check(c.plateau_patience >= 1, "plateau_patience", "must be >= 1 (validations without improvement)")
 
 
 def learning_rate_schedule(c, steps_per_epoch: int, num_epochs: int, peak: float | None = None) -> optax.Schedule:
-    """The learning rate per step: linear warmup over ``warmup_epochs``, then constant / step / exponential / cosine,
-    peaking at ``peak`` (default: ``c.learning_rate``)."""
+    """The learning rate per step, peaking at ``peak`` (default: ``c.learning_rate``): linear warmup over
+    ``warmup_epochs``, then constant, step, exponential, cosine, cosine with restarts every ``restart_epochs``
+    (SGDR), polynomial decay to 0 (``poly_power``), or the one-cycle policy (``onecycle_pct_start``: its own warmup).
+    'plateau' is constant here: the rate falls when validation stalls (:func:`plateau`)."""
     peak = c.learning_rate if peak is None else peak
     warmup = int(round(c.warmup_epochs * steps_per_epoch))
     decay_steps = max(int(round(c.decay_epochs * steps_per_epoch)), 1)
     after_warmup = max(num_epochs * steps_per_epoch - warmup, 1)
+    period = max(int(round(c.restart_epochs * steps_per_epoch)), 1)
     schedules = {
         "constant": lambda: optax.constant_schedule(peak),
+        "plateau": lambda: optax.constant_schedule(peak),
         "step": lambda: optax.exponential_decay(peak, decay_steps, c.decay_rate, staircase=True),
         "exponential": lambda: optax.exponential_decay(peak, decay_steps, c.decay_rate),
         "cosine": lambda: optax.cosine_decay_schedule(peak, after_warmup),
+        "cosine_restarts": lambda: optax.sgdr_schedule(
+            [{"init_value": peak, "peak_value": peak, "warmup_steps": 0, "decay_steps": period, "end_value": 0.0}]
+            * -(-after_warmup // period)
+        ),
+        "polynomial": lambda: optax.polynomial_schedule(peak, 0.0, c.poly_power, after_warmup),
+        "onecycle": lambda: optax.cosine_onecycle_schedule(after_warmup, peak, c.onecycle_pct_start),
     }
     schedule = schedules[c.schedule]()
     if warmup == 0:
         return schedule
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), schedule], [warmup])
+
+
+def plateau(c) -> optax.GradientTransformationExtraArgs:
+    """``schedule='plateau'``: ``optax.contrib.reduce_on_plateau`` driven by the validation loss (one value per
+    validation), whose ``scale`` multiplies the updates; the training loop keeps its state as ``state['plateau']``."""
+    return optax.contrib.reduce_on_plateau(factor=c.plateau_factor, patience=c.plateau_patience)
+
+
+def plateau_update(c, plateau_state, val_loss):
+    """The plateau state after one validation loss (jittable and vmappable)."""
+    return plateau(c).update({}, plateau_state, value=val_loss)[1]
 
 
 def parameter_path(path) -> str:

@@ -269,6 +269,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
                 checkpoints[m].save_best(step, _member(state, m), metas[m])
 
     budget, stopped = train.Budget.of(c, workdirs[0]), None
+    plateau_steps = jax.jit(jax.vmap(functools.partial(optim.plateau_update, base.optim)))
     evaluations = functools.partial(_group_evaluations, group_eval, batch_size=base.data.eval_batch_size,
                                     limit=c.limit_batches)  # fmt: skip
     preemption.start_polling()
@@ -294,6 +295,8 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         sums = np.asarray(state["epoch_sums"], np.float64)
         elapsed = time.time() - epoch_start  # training only, as in a solo run's epoch record
         val = evaluations(state, val_images, val_labels)
+        if "plateau" in state and has_validation:
+            state["plateau"] = plateau_steps(state["plateau"], jnp.asarray([v.loss for v in val], jnp.float32))
         train_time += elapsed
         alive_host, learning_rates = np.asarray(alive), np.asarray(step_metrics["learning_rate"])
         running = [alive_host[m] and not metas[m]["stopped_early"] for m in range(k)]

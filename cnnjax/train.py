@@ -179,6 +179,8 @@ def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
     init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
     state = init_state(model, optimizer, image_shape, init_key)
     state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{k: config.optim[k] for k in optim.INJECTED})
+    if config.optim.schedule == "plateau":
+        state["plateau"] = optim.plateau(config.optim).init(state["params"])
     return state, train_key
 
 
@@ -240,9 +242,12 @@ def train_step_fn(
 
         (loss, (outputs, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
         param_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        rate_scale = state["plateau"].scale if "plateau" in state else jnp.ones((), jnp.float32)
+        param_updates = jax.tree_util.tree_map(lambda u: (rate_scale * u).astype(u.dtype), param_updates)
         params = optax.apply_updates(state["params"], param_updates)
         accuracy = jnp.mean((jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32))
         new_state = {
+            **state,
             "step": state["step"] + 1,
             "params": params,
             "model_state": {**state["model_state"], **updates},
@@ -252,7 +257,7 @@ def train_step_fn(
         step_metrics = {
             "loss": loss,
             "accuracy": accuracy,
-            "learning_rate": optim.current_learning_rate(opt_state),
+            "learning_rate": optim.current_learning_rate(opt_state) * rate_scale,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
         }
@@ -707,6 +712,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         metrics.log_line(f"warm start: validation accuracy {100 * start.accuracy:.2f}% before training")
     step, first_step_s, stopped = int(state["step"]), None, None
     budget = Budget.of(c, workdir)
+    plateau_step = jax.jit(functools.partial(optim.plateau_update, config.optim))
     evaluate_split = functools.partial(evaluate, eval_step, batch_size=config.data.eval_batch_size, mesh=mesh,
                                        limit=c.limit_batches)  # fmt: skip
     preemption.start_polling()  # from here on a signal stops the run at the next step, with a checkpoint
@@ -760,6 +766,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
             val = evaluate_split(state, val_images, val_labels)
             if update_best(meta, epoch + 1, val.accuracy, c.early_stopping_patience):
                 meta["best_step"] = step
+            if "plateau" in state:
+                state["plateau"] = plateau_step(state["plateau"], val.loss)
         epoch_record = make_epoch_record(
             step, epoch + 1, np.asarray(state["epoch_sums"]), record["learning_rate"], epoch_time, images_per_sec, val
         )

@@ -80,6 +80,35 @@ def test_schedules_with_warmup():
     assert float(lr(schedule="exponential", decay_epochs=1.0, decay_rate=0.5)(15)) == pytest.approx(0.5**1.5)
     cosine = lr(schedule="cosine", warmup_epochs=2.0)
     assert float(cosine(20)) == pytest.approx(1.0) and float(cosine(100)) == pytest.approx(0.0, abs=1e-7)
+    restarts = lr(schedule="cosine_restarts", restart_epochs=4.0)  # periods of 40 steps
+    assert float(restarts(20)) == pytest.approx(0.5) and float(restarts(39)) < 0.01 and float(restarts(40)) == 1.0
+    assert float(restarts(80)) == 1.0 and float(restarts(100)) == pytest.approx(
+        0.5
+    )  # the last period runs past the end
+    linear = lr(schedule="polynomial")
+    assert float(linear(25)) == pytest.approx(0.75) and float(linear(100)) == 0.0
+    assert float(lr(schedule="polynomial", poly_power=2.0)(50)) == pytest.approx(0.25)
+    onecycle = lr(schedule="onecycle", onecycle_pct_start=0.25)
+    assert float(onecycle(0)) == pytest.approx(1 / 25) and float(onecycle(25)) == pytest.approx(1.0)
+    assert float(onecycle(100)) < 1e-4 and float(onecycle(10)) < float(onecycle(20)) < 1.0
+    assert float(lr(schedule="plateau")(99)) == 1.0  # the plateau's scale lives in the training state
+    with pytest.raises(ValueError, match="warmup_epochs=1.0 is invalid: must be 0 with schedule='onecycle'"):
+        optim.validate(optim_config(schedule="onecycle", warmup_epochs=1.0))
+
+
+def test_plateau_lowers_the_rate_when_the_validation_loss_stalls(tmp_path):
+    from cnnjax import metrics, train
+    from tests.fakes import small_config
+
+    config = small_config(tmp_path, num_epochs=4)
+    config.optim.schedule, config.optim.plateau_patience, config.optim.plateau_factor = "plateau", 1, 0.5
+    config.optim.learning_rate = 1e-9  # the validation loss cannot improve by optax's rtol: each validation stalls
+    with jax.numpy_dtype_promotion("standard"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    rates = [
+        r["learning_rate"] for r in metrics.read_records(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"
+    ]
+    assert rates == pytest.approx([1e-9, 1e-9, 5e-10, 2.5e-10])  # the first validation sets the best, then it halves
 
 
 def test_learning_rate_lives_in_the_optimizer_state():
