@@ -246,7 +246,8 @@ def find(path: str | Path, which: str = "best") -> tuple[Path, int]:
 
 def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, str]:
     """(params, model_state, where) of the checkpoint ``path`` names (see :func:`find`), read without a template
-    and without writing anything there; ``where`` says which checkpoint it was. Damaged files are a ValueError
+    and without writing anything there (the moving average's where the run kept one, ``train.ema_decay``);
+    ``where`` says which checkpoint it was. Damaged files are a ValueError
     naming the checkpoint."""
     directory, step = find(path, which)
     try:
@@ -258,4 +259,5 @@ def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, s
     restored = _manager(directory, create=False).restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
     )["state"]
+    restored = restored.get("ema", restored)  # a run with train.ema_decay is used through its moving average
     return restored["params"], restored.get("model_state", {}), f"{directory} step {step}"

@@ -54,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
             "random_crop_padding": 0,  # augmentation: pad and randomly crop back
             "random_flip": False,  # augmentation: random left-right mirror
             "random_translate": 0.0,  # augmentation: random sub-pixel shift, in pixels
+            "mixup_alpha": 0.0,  # > 0: Mixup with lam ~ Beta(alpha, alpha) (timm's semantics; cross_entropy only)
+            "cutmix_alpha": 0.0,  # > 0: CutMix with lam ~ Beta(alpha, alpha)
+            "mix_prob": 1.0,  # the probability that a batch is mixed at all
+            "mix_switch_prob": 0.5,  # with both alphas > 0: the probability of CutMix instead of Mixup
             "test_time_flip": False,  # evaluation averages the outputs of each image and its mirror image
             "test_time_shift": 0,  # > 0: ... and of its copies shifted by this many pixels up, down, left, right
         }
@@ -93,6 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
             "checkpoint_every": 0,  # steps between extra mid-epoch checkpoints (0: only at epoch ends)
             "keep_checkpoints": 3,
             "early_stopping_patience": 0,  # evaluations without a better validation accuracy (0: never stop)
+            "ema_decay": 0.0,  # > 0: evaluate, test and predict with an exponential moving average of the weights
+            "grad_accum_steps": 1,  # micro-batches of batch_size / k per optimizer step (batch norm sees them)
             "max_steps": 0,  # > 0: stop (checkpoint, validate, test) after this many training steps
             "max_time": 0.0,  # > 0: stop the same way after this many minutes of training
             "limit_batches": 0,  # > 0: smoke runs: at most this many training and evaluation batches per epoch
@@ -179,6 +185,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(train.log_every >= 1, "train.log_every", train.log_every, "must be >= 1")
     _check(train.checkpoint_every >= 0, "train.checkpoint_every", train.checkpoint_every, "must be >= 0")
     _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", train.keep_checkpoints, "must be >= 1")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _check(data[key] >= 0, f"data.{key}", data[key], "must be >= 0 (0: off)")
+        _check(not data[key] or train.loss == "cross_entropy", f"data.{key}", data[key],
+               f"mixes cross_entropy targets only; set it to 0 for train.loss={train.loss!r}")  # fmt: skip
+    for key in ("mix_prob", "mix_switch_prob"):
+        _check(0.0 <= data[key] <= 1.0, f"data.{key}", data[key], "must be a probability in [0, 1]")
+    _check(0.0 <= train.ema_decay < 1.0, "train.ema_decay", train.ema_decay, "must be in [0, 1) (0: off)")
+    accumulation = train.grad_accum_steps
+    _check(accumulation >= 1 and data.batch_size % accumulation == 0, "train.grad_accum_steps", accumulation,
+           f"must be >= 1 and divide data.batch_size={data.batch_size}")  # fmt: skip
     _check(train.max_steps >= 0, "train.max_steps", train.max_steps, "must be >= 0 (0: no step budget)")
     _check(train.max_time >= 0, "train.max_time", train.max_time, "must be >= 0 minutes (0: no time budget)")
     _check(train.limit_batches >= 0, "train.limit_batches", train.limit_batches, "must be >= 0 (0: every batch)")

@@ -244,11 +244,11 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
     else:
         step, states, metas = restored
         best = [cp.restore_best(s) for cp, s in zip(checkpoints, states)]
-        best_params = _stack([(b[0] if b is not None else s)["params"] for b, s in zip(best, states)])
+        best_params = _stack([train.evaluated(b[0] if b is not None else s)["params"] for b, s in zip(best, states)])
         metrics.log_line(f"resuming the group of {k} from step {step}")
     state = _stack(states)
     if best_params is None:
-        best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # state is donated to each step
+        best_params = jax.tree_util.tree_map(jnp.copy, train.evaluated(state)["params"])  # state is donated
     group_step, group_eval = _group_steps(train_fn, eval_fn, backend.XlaOptions.of(c))
     writers = []
     for config, workdir in zip(configs, workdirs):
@@ -276,7 +276,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
     for epoch in range(step // steps_per_epoch, c.num_epochs):
         if not any(meta["alive"] and not meta["stopped_early"] for meta in metas):
             break
-        if stopped := budget.spent(step, check_time=True):
+        if stopped := budget.spent(step, check_time=False):
             break
         epoch_start = time.time()
         batches = data.train_batches(len(splits.train[1]), batch_size, seed=c.seed, epoch=epoch)  # (steps, batch)
@@ -286,7 +286,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         for i in range(offset, steps_per_epoch):
             state, step_metrics, alive = group_step(state, images, labels, jnp.asarray(batches[i]), key, alive)
             step += 1
-            if stopped := budget.spent(step, check_time=step % c.log_every == 0):
+            if stopped := budget.spent(step, check_time=step % c.log_every == 0 or i == steps_per_epoch - 1):
                 break
             if i < steps_per_epoch - 1 and (signum := preemption.requested(step)):
                 train_time += time.time() - epoch_start
@@ -294,7 +294,8 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
                 _interrupt_group(workdirs, writers, checkpoints, step, signum)
         sums = np.asarray(state["epoch_sums"], np.float64)
         elapsed = time.time() - epoch_start  # training only, as in a solo run's epoch record
-        val = evaluations(state, val_images, val_labels)
+        view = train.evaluated(state)  # the moving average's weights with train.ema_decay
+        val = evaluations(view, val_images, val_labels)
         if "plateau" in state and has_validation:
             state["plateau"] = plateau_steps(state["plateau"], jnp.asarray([v.loss for v in val], jnp.float32))
         train_time += elapsed
@@ -303,7 +304,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         improved = np.array([running[m] and has_validation and
                              train.update_best(metas[m], epoch + 1, val[m].accuracy, c.early_stopping_patience)
                              for m in range(k)])  # fmt: skip
-        best_params = _where_members(improved, state["params"], best_params)
+        best_params = _where_members(improved, view["params"], best_params)
         for m in np.flatnonzero(improved):
             metas[m]["best_step"] = step
         for m in range(k):
@@ -325,9 +326,10 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs:
             _interrupt_group(workdirs, writers, checkpoints, step, signum)
     if not has_validation:
-        best_params = state["params"]
+        best_params = train.evaluated(state)["params"]
     epochs = step // steps_per_epoch
-    test = evaluations({**state, "params": best_params}, test_images, test_labels)
+    tested = _with_params(state, best_params)
+    test = evaluations(train.evaluated(tested), test_images, test_labels)
     alive_host = np.asarray(alive)
     results = []
     for m, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers)):
@@ -335,7 +337,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
             tested_step = (
                 metas[m].get("best_step", metas[m]["best_epoch"] * steps_per_epoch) if has_validation else step
             )
-            checkpoints[m].save_best(tested_step, _member({**state, "params": best_params}, m), metas[m])
+            checkpoints[m].save_best(tested_step, _member(tested, m), metas[m])
             writer.write({"kind": "test", "step": step, "test_loss": test[m].loss,
                           "test_accuracy": test[m].accuracy, "test_top5_accuracy": test[m].top5_accuracy})  # fmt: skip
         writer.close()
@@ -373,6 +375,13 @@ def _interrupt_group(workdirs: list[Path], writers, checkpoints: list[Checkpoint
             workdir / "results.json", {"status": "interrupted", "step": step, "signal": name, "error": message}
         )
     raise preemption.Interrupted(message, signum)
+
+
+def _with_params(state: dict, params) -> dict:
+    """``state`` whose evaluated parameters (see ``train.evaluated``) are ``params``."""
+    if "ema" in state:
+        return {**state, "ema": {**state["ema"], "params": params}}
+    return {**state, "params": params}
 
 
 def _where_members(mask: np.ndarray, new, old):

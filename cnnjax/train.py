@@ -181,6 +181,10 @@ def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
     state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{k: config.optim[k] for k in optim.INJECTED})
     if config.optim.schedule == "plateau":
         state["plateau"] = optim.plateau(config.optim).init(state["params"])
+    if config.train.ema_decay:
+        state["ema"] = jax.tree_util.tree_map(
+            jnp.copy, {"params": state["params"], "model_state": state["model_state"]}
+        )
     return state, train_key
 
 
@@ -201,12 +205,16 @@ def make_train_step(
 
 
 def train_step_fn(
-    model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", label_smoothing: float = 0.0
-):
+    model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", label_smoothing: float = 0.0, *,
+    ema_decay: float = 0.0, grad_accum_steps: int = 1, mixing: data.Mixing | None = None,
+):  # fmt: skip
     """The pure training step (state, images, labels, batch_index, key) -> (state, metrics), to jit or vmap.
 
     With ``compute_dtype='bfloat16'`` the forward and backward passes run in bfloat16 on bfloat16 copies of the
-    float32 parameters; the loss, gradients, optimizer and parameters stay float32.
+    float32 parameters; the loss, gradients, optimizer and parameters stay float32. With ``grad_accum_steps`` = k the
+    batch is split into k micro-batches whose gradients are averaged (one ``lax.scan``, one optimizer update); batch
+    norm sees each micro-batch (its statistics move k times per step). Mixup/CutMix train on soft targets with
+    ``optax.softmax_cross_entropy``; the logged training accuracy is against the unmixed labels.
 
     Args:
       model: a Flax module.
@@ -215,6 +223,10 @@ def train_step_fn(
       augment: (key, images) -> images, applied on the device, or None.
       compute_dtype: 'float32' or 'bfloat16'.
       label_smoothing: as ``config.train.label_smoothing`` (cross_entropy only).
+      ema_decay: > 0 keeps ``state['ema']`` (params and model state) as an exponential moving average with decay
+        ``min(ema_decay, (1 + step) / (10 + step))`` (TensorFlow's warmup of the decay).
+      grad_accum_steps: micro-batches per optimizer step (``train.grad_accum_steps``).
+      mixing: Mixup / CutMix settings (cross_entropy only); None: off.
 
     Returns:
       (state, images (B, H, W, C), labels (B,), batch_index (B,), key) -> (state, metrics).
@@ -223,37 +235,84 @@ def train_step_fn(
     if label_smoothing:
         loss_fn = functools.partial(loss_fn, label_smoothing=label_smoothing)
     dtype = jnp.dtype(compute_dtype)
+    mixing = mixing or data.Mixing()
 
-    def train_step(state, images, labels, batch_index, key):
-        step_key = jax.random.fold_in(key, state["step"])
-        augment_key, dropout_key = jax.random.split(step_key)
-        x, y = augment(augment_key, images[batch_index]), labels[batch_index]
+    def soft_loss(outputs, y, lam):
+        """Cross-entropy against ``lam * target(y) + (1 - lam) * target(y[::-1])``, smoothed targets."""
+        k = outputs.shape[-1]
+        target = optax.smooth_labels(jax.nn.one_hot(y, k), label_smoothing) if label_smoothing else jax.nn.one_hot(y, k)
+        return optax.softmax_cross_entropy(outputs, lam * target + (1 - lam) * target[::-1])
+
+    def gradients(params, model_state, x, y, lam, dropout_key):
+        """(loss, accuracy, grads, batch-statistics updates) of one (micro-)batch."""
 
         def loss_of(params):
             outputs, updates = model.apply(
-                cast_floats({"params": params, **state["model_state"]}, dtype),
+                cast_floats({"params": params, **model_state}, dtype),
                 cast_floats(x, dtype),
                 train=True,
                 rngs={"dropout": dropout_key},
                 mutable=["batch_stats"],
             )
             outputs = outputs.astype(jnp.float32)
-            return jnp.mean(loss_fn(outputs, y)), (outputs, cast_floats(updates, jnp.float32))
+            losses = soft_loss(outputs, y, lam) if mixing.enabled else loss_fn(outputs, y)
+            return jnp.mean(losses), (outputs, cast_floats(updates, jnp.float32))
 
-        (loss, (outputs, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+        (loss, (outputs, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        accuracy = jnp.mean((jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32))
+        return loss, accuracy, grads, updates
+
+    def accumulated(params, model_state, x, y, lam, dropout_key):
+        """:func:`gradients` averaged over ``grad_accum_steps`` micro-batches, batch statistics carried along."""
+        if grad_accum_steps == 1:
+            loss, accuracy, grads, updates = gradients(params, model_state, x, y, lam, dropout_key)
+            return loss, accuracy, grads, {**model_state, **updates}
+        micro = lambda a: a.reshape(grad_accum_steps, a.shape[0] // grad_accum_steps, *a.shape[1:])  # noqa: E731
+
+        def body(carry, batch):
+            model_state, sums = carry
+            x_i, y_i, i = batch
+            loss, accuracy, grads, updates = gradients(params, model_state, x_i, y_i, lam,
+                                                       jax.random.fold_in(dropout_key, i))  # fmt: skip
+            sums = jax.tree_util.tree_map(jnp.add, sums, (loss, accuracy, grads))
+            return ({**model_state, **updates}, sums), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree_util.tree_map(jnp.zeros_like, params))
+        (model_state, sums), _ = lax.scan(
+            body, (model_state, zeros), (micro(x), micro(y), jnp.arange(grad_accum_steps))
+        )
+        loss, accuracy, grads = jax.tree_util.tree_map(lambda a: a / grad_accum_steps, sums)
+        return loss, accuracy, grads, model_state
+
+    def train_step(state, images, labels, batch_index, key):
+        step_key = jax.random.fold_in(key, state["step"])
+        augment_key, dropout_key = jax.random.split(step_key)
+        x, y = augment(augment_key, images[batch_index]), labels[batch_index]
+        lam = jnp.ones((), jnp.float32)
+        if mixing.enabled:
+            x, lam = data.mix(jax.random.fold_in(step_key, 2), x, mixing)
+        loss, accuracy, grads, model_state = accumulated(state["params"], state["model_state"], x, y, lam,
+                                                         dropout_key)  # fmt: skip
         param_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         rate_scale = state["plateau"].scale if "plateau" in state else jnp.ones((), jnp.float32)
         param_updates = jax.tree_util.tree_map(lambda u: (rate_scale * u).astype(u.dtype), param_updates)
         params = optax.apply_updates(state["params"], param_updates)
-        accuracy = jnp.mean((jnp.argmax(scores_fn(outputs), axis=-1) == y).astype(jnp.float32))
         new_state = {
             **state,
             "step": state["step"] + 1,
             "params": params,
-            "model_state": {**state["model_state"], **updates},
+            "model_state": model_state,
             "opt_state": opt_state,
             "epoch_sums": state["epoch_sums"] + jnp.stack([loss, accuracy, jnp.ones((), jnp.float32)]),
         }
+        if ema_decay:
+            t = state["step"].astype(jnp.float32)
+            decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+            new_state["ema"] = jax.tree_util.tree_map(
+                lambda average, value: decay * average + (1.0 - decay) * value
+                if jnp.issubdtype(value.dtype, jnp.floating) else value,
+                state["ema"], {"params": params, "model_state": model_state},
+            )  # fmt: skip
         step_metrics = {
             "loss": loss,
             "accuracy": accuracy,
@@ -264,6 +323,14 @@ def train_step_fn(
         return new_state, step_metrics
 
     return train_step
+
+
+def evaluated(state: dict) -> dict:
+    """The state whose parameters evaluation, the best checkpoint's test and prediction use: the moving average's
+    (``state['ema']``, with ``train.ema_decay`` > 0), else the trained ones."""
+    if "ema" not in state:
+        return state
+    return {**state, "params": state["ema"]["params"], "model_state": state["ema"]["model_state"]}
 
 
 def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_time_views=None):
@@ -341,11 +408,11 @@ def _view_items(config) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, label_smoothing: float,
                   augment_items: tuple, view_items: tuple, compute_dtype: str, xla: backend.XlaOptions,
-                  freeze: str):  # fmt: skip
+                  freeze: str, recipe_items: tuple):  # fmt: skip
     optim_config = ml_collections.ConfigDict(dict(optim_items))
     optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs, freeze)
     augment = functools.partial(data.augment, **dict(augment_items))
-    train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype, label_smoothing)
+    train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype, label_smoothing, **dict(recipe_items))
     eval_fn = eval_step_fn(model, loss, compute_dtype, functools.partial(data.test_time_views, **dict(view_items)))
     options = xla.compiler_options()
     train_step = jax.jit(train_fn, donate_argnums=0, compiler_options=options)
@@ -375,8 +442,16 @@ def compiled_steps(config, model, steps_per_epoch: int):
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
         augment_items, _view_items(config), config.train.compute_dtype, backend.XlaOptions.of(config.train),
-        config.train.freeze,
+        config.train.freeze, _recipe_items(config),
     )  # fmt: skip
+
+
+def _recipe_items(config) -> tuple:
+    """The training step's recipe options of ``config`` as hashable items (see :func:`train_step_fn`)."""
+    d = config.data
+    mixing = data.Mixing(d.mixup_alpha, d.cutmix_alpha, d.mix_prob, d.mix_switch_prob)
+    return (("ema_decay", config.train.ema_decay), ("grad_accum_steps", config.train.grad_accum_steps),
+            ("mixing", mixing))  # fmt: skip
 
 
 class Evaluation(NamedTuple):
@@ -505,7 +580,10 @@ def warm_start(state: dict, source: str) -> tuple[dict, dict]:
     if reinitialized:
         summary += f"; re-initialized (shapes differ): {'; '.join(reinitialized)}"
     report = {"source": where, "loaded": loaded, "reinitialized": reinitialized, "summary": summary}
-    return {**state, "params": new_params, "model_state": new_model_state}, report
+    warmed = {**state, "params": new_params, "model_state": new_model_state}
+    if "ema" in state:  # the moving average starts from the donor's weights too
+        warmed["ema"] = jax.tree_util.tree_map(jnp.copy, {"params": new_params, "model_state": new_model_state})
+    return warmed, report
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -705,7 +783,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         f"{steps_per_epoch} steps per epoch on {mesh.size} device(s); run directory {workdir}"
     )
     if not resuming and c.init_from and has_validation:
-        start = evaluate(eval_step, state, val_images, val_labels, config.data.eval_batch_size, mesh,
+        start = evaluate(eval_step, evaluated(state), val_images, val_labels, config.data.eval_batch_size, mesh,
                          limit=c.limit_batches)  # fmt: skip
         meta["warm_start"].update(val_loss=start.loss, val_accuracy=start.accuracy)
         writer.write({"kind": "warm_start", "step": 0, "val_loss": start.loss, "val_accuracy": start.accuracy})
@@ -717,7 +795,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                                        limit=c.limit_batches)  # fmt: skip
     preemption.start_polling()  # from here on a signal stops the run at the next step, with a checkpoint
     for epoch in range(step // steps_per_epoch, c.num_epochs):
-        if meta["stopped_early"] or (stopped := budget.spent(step, check_time=True)):
+        if meta["stopped_early"] or (stopped := budget.spent(step, check_time=False)):
             break
         offset = step - epoch * steps_per_epoch
         if offset == 0:
@@ -734,7 +812,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
             if first_step_s is None:
                 jax.block_until_ready(step_metrics)
                 first_step_s = time.time() - started
-            stopped = budget.spent(step, check_time=step % c.log_every == 0)  # the clock at host syncs only
+            # the clock is read where the loop syncs with the device anyway
+            stopped = budget.spent(step, check_time=step % c.log_every == 0 or i == steps_per_epoch - 1)
             last = i == steps_per_epoch - 1 or stopped is not None
             if step % c.log_every == 0 or last:
                 # steps are dispatched asynchronously: time the interval when its last step has finished
@@ -763,7 +842,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         images_per_sec = (step - epoch * steps_per_epoch - offset) * batch_size / epoch_time
         val = None
         if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs or stopped):
-            val = evaluate_split(state, val_images, val_labels)
+            val = evaluate_split(evaluated(state), val_images, val_labels)
+            raw = evaluate_split(state, val_images, val_labels) if "ema" in state else None
             if update_best(meta, epoch + 1, val.accuracy, c.early_stopping_patience):
                 meta["best_step"] = step
             if "plateau" in state:
@@ -771,6 +851,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         epoch_record = make_epoch_record(
             step, epoch + 1, np.asarray(state["epoch_sums"]), record["learning_rate"], epoch_time, images_per_sec, val
         )
+        if val is not None and raw is not None:  # both ways: the moving average's (above) and the trained weights'
+            epoch_record.update(val_loss_raw=raw.loss, val_accuracy_raw=raw.accuracy)
         if val is not None:
             if epoch_callback is not None:
                 epoch_callback(epoch + 1, epoch_record["val_accuracy"])
@@ -785,7 +867,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs and not meta["stopped_early"]:
             _interrupted(workdir, step, state, meta, checkpoints, writer, signum)
     final_state, tested = _tested_state(checkpoints, state, meta, steps_per_epoch, has_validation)
-    test = evaluate_split(final_state, test_images, test_labels)
+    test = evaluate_split(evaluated(final_state), test_images, test_labels)
     writer.write({"kind": "test", "step": step, "test_loss": test.loss, "test_accuracy": test.accuracy,
                   "test_top5_accuracy": test.top5_accuracy})  # fmt: skip
     title = f"{config.model.name} on {config.data.name}"

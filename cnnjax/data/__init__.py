@@ -6,7 +6,15 @@ your own folder of images, :mod:`cnnjax.data.image_folder`) and their fitted ``P
 ``eval_batches`` the index arrays a training loop gathers its batches with; ``augment`` the on-device augmentations.
 """
 
-from cnnjax.data.augmentation import augment, random_crop, random_flip, random_translate, test_time_views
+from cnnjax.data.augmentation import (
+    Mixing,
+    augment,
+    mix,
+    random_crop,
+    random_flip,
+    random_translate,
+    test_time_views,
+)
 from cnnjax.data.image_folder import IMAGE_SUFFIXES
 from cnnjax.data.pipeline import Preprocessing, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
 from cnnjax.data.sources import DATASETS, DataError, DatasetSpec
@@ -19,7 +27,9 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Preprocessing",
     "Splits",
+    "Mixing",
     "augment",
+    "mix",
     "eval_batches",
     "load",
     "load_splits",

@@ -6,6 +6,8 @@ derives its key from ``fold_in(seed_key, step)`` augments identically after a re
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -112,3 +114,53 @@ def augment(
     if flip:
         images = random_flip(flip_key, images)
     return random_translate(translate_key, images, max_shift=translate)
+
+
+class Mixing(NamedTuple):
+    """Mixup / CutMix settings (timm's semantics): ``data.mixup_alpha``, ``data.cutmix_alpha``, ``data.mix_prob``,
+    ``data.mix_switch_prob``. An alpha of 0 disables that kind."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+
+    @property
+    def enabled(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+def mix(key: jax.Array, images: jax.Array, mixing: Mixing) -> tuple[jax.Array, jax.Array]:
+    """Mixes each image with its partner in the reversed batch, as timm's ``Mixup`` in batch mode: with probability
+    ``prob``, Mixup (``lam * x + (1 - lam) * partner``, lam ~ Beta(mixup_alpha, mixup_alpha)) or, with probability
+    ``switch_prob`` when both are enabled, CutMix (a box of area ~ 1 - lam, lam ~ Beta(cutmix_alpha, cutmix_alpha),
+    pasted from the partner; lam is then the share of the image kept).
+
+    Args:
+      key: the PRNG key.
+      images: (N, H, W, C).
+      mixing: the settings.
+
+    Returns:
+      (mixed images (N, H, W, C), lam ()): the targets are ``lam * target + (1 - lam) * target[::-1]``.
+    """
+    apply_key, switch_key, mixup_key, cutmix_key, box_key = jax.random.split(key, 5)
+    _, h, w, _ = images.shape
+    partner = images[::-1]
+    use_cutmix = jnp.asarray(mixing.cutmix_alpha > 0) & (
+        jnp.asarray(mixing.mixup_alpha <= 0) | jax.random.bernoulli(switch_key, mixing.switch_prob)
+    )
+    mixup_lam = jax.random.beta(mixup_key, max(mixing.mixup_alpha, 1e-3), max(mixing.mixup_alpha, 1e-3))
+    cutmix_lam = jax.random.beta(cutmix_key, max(mixing.cutmix_alpha, 1e-3), max(mixing.cutmix_alpha, 1e-3))
+    cut = jnp.sqrt(1.0 - cutmix_lam)
+    cut_h, cut_w = (h * cut).astype(jnp.int32), (w * cut).astype(jnp.int32)
+    cy, cx = jax.random.randint(box_key, (2,), 0, jnp.array([h, w]))
+    top, bottom = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
+    left, right = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
+    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+    box = ((rows >= top) & (rows < bottom) & (cols >= left) & (cols < right))[None, :, :, None]
+    box_lam = 1.0 - ((bottom - top) * (right - left)).astype(jnp.float32) / (h * w)
+    mixed = jnp.where(use_cutmix, jnp.where(box, partner, images), mixup_lam * images + (1 - mixup_lam) * partner)
+    lam = jnp.where(use_cutmix, box_lam, mixup_lam).astype(jnp.float32)
+    applied = jax.random.bernoulli(apply_key, mixing.prob)
+    return jnp.where(applied, mixed, images).astype(images.dtype), jnp.where(applied, lam, 1.0)
