@@ -3,9 +3,9 @@
     PYTHONPATH=. .venv/bin/python bench/fault_injection.py [--faults=8] [--seed=0] [--train_images=1200]
 
 Each scenario runs ``launch.py`` once without faults, then again in a fresh directory through ``--faults`` faults:
-every attempt is stopped after a random delay (uniform over the uninterrupted run's wall time) by SIGKILL or
-SIGTERM, optionally the newest periodic checkpoint is then damaged on disk, and the next attempt resumes; the last
-attempt runs to the end. A scenario holds when the final state (bitwise), the metrics log and the results equal the
+every attempt is stopped by SIGKILL or SIGTERM at a random moment (during start-up, or at a random point of its
+progress, see :func:`with_faults`), optionally the newest periodic checkpoint is then damaged on disk, and the next
+attempt resumes; the last attempt runs to the end. A scenario holds when the final state (bitwise), the metrics log and the results equal the
 uninterrupted run's (for sweeps: the table, and every trial tested exactly once). The lost time is the attempts'
 total wall time minus the uninterrupted run's. Data: generated MNIST-format files (the faults, not the data, are
 under test). Writes ``bench/results/fault_injection-<cpu>.json``.
@@ -31,6 +31,7 @@ from tests.fakes import comparable, final_state, make_idx_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+SIGNAL_NAMES = {"kill": "SIGKILL", "term": "SIGTERM"}
 
 
 def lenet_command(data: Path, workdir: Path, *extra: str) -> list[str]:
@@ -78,24 +79,38 @@ def damage(step_dir: Path) -> None:
         path.write_bytes(np.random.default_rng(0).integers(0, 256, path.stat().st_size, dtype=np.uint8).tobytes())
 
 
-def with_faults(command: list[str], workdir: Path, faults: int, kind: str, horizon_s: float, rng,
+def progress(workdir: Path) -> int:
+    """How far a run or sweep has come: the records in all its metrics logs."""
+    return sum(len(metrics.read_records(path)) for path in workdir.rglob("metrics.jsonl"))
+
+
+def with_faults(command: list[str], workdir: Path, faults: int, kind: str, total: int, rng,
                 damaged: bool = False) -> dict:  # fmt: skip
-    """Runs ``command`` through ``faults`` faults of ``kind`` ('kill' or 'term') at random moments in
-    [0.5, horizon_s) s after each start, damaging the newest checkpoint(s) after each fault if ``damaged``; then to
-    the end. Returns {'faults': [{delay_s, exit_code, damaged}], 'wall_s': all attempts together}."""
+    """Runs ``command`` through ``faults`` faults of ``kind`` ('kill' or 'term'), then to the end. A quarter of the
+    faults strike during start-up (0-5 s after the launch: imports, data, compilation, restoring); the others once
+    the run has logged a random share (5-95%, in increasing order) of the ``total`` records of an uninterrupted
+    run, plus up to 0.3 s. With ``damaged``, the newest checkpoint of each unfinished run is then damaged. Returns
+    {'faults': [{when, exit_code, damaged}], 'wall_s': all attempts together}."""
+    targets = np.sort(rng.uniform(0.05, 0.95, faults)) * total
     records, started, damaged_before = [], time.time(), {}
-    for _ in range(faults):
-        delay = float(rng.uniform(0.5, horizon_s))
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
+    for target in targets:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if rng.uniform() < 0.25:
+            delay = rng.uniform(0, 5)
+            when = f"start-up + {delay:.1f} s"
+            time.sleep(delay)
+        else:
+            when = f"{100 * target / total:.0f}% of the records"
+            while process.poll() is None and progress(workdir) < target:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.3))
+        if process.poll() is None:
             process.send_signal(SIGNALS[kind])
-            process.wait(timeout=60)
+        process.wait(timeout=60)
         hit = newest_checkpoints(workdir, damaged_before) if damaged and process.returncode != 0 else []
         for step_dir in hit:
             damage(step_dir)
-        records.append({"delay_s": round(delay, 2), "exit_code": process.returncode, "damaged": len(hit)})
+        records.append({"when": when, "exit_code": process.returncode, "damaged": len(hit)})
     run(command)
     return {"faults": records, "wall_s": time.time() - started}
 
@@ -135,13 +150,16 @@ def sweep_matches(whole: Path, faulted: Path) -> bool:
 def scenario(name: str, command, matches, directory: Path, faults: int, kind: str, rng, damaged=False) -> dict:
     """One scenario: the uninterrupted run, the faulted one, and whether they ended equal."""
     whole_s = run(command(directory / f"{name}-whole"))
+    total = progress(directory / f"{name}-whole")
     faulted = with_faults(command(directory / f"{name}-faulted"), directory / f"{name}-faulted", faults, kind,
-                          whole_s, rng, damaged)  # fmt: skip
+                          total, rng, damaged)  # fmt: skip
     equal = matches(directory / f"{name}-whole", directory / f"{name}-faulted")
+    hits = sum(f["exit_code"] != 0 for f in faulted["faults"])
     return {
-        "scenario": name, "fault": kind + (" + damaged checkpoint" if damaged else ""), "injected": faults,
-        "equal": equal, "uninterrupted_s": round(whole_s, 1), "faulted_total_s": round(faulted["wall_s"], 1),
-        "lost_s_per_fault": round((faulted["wall_s"] - whole_s) / faults, 1), "faults": faulted["faults"],
+        "scenario": name, "fault": SIGNAL_NAMES[kind] + (" + damaged checkpoint" if damaged else ""),
+        "injected": hits, "damaged": sum(f["damaged"] for f in faulted["faults"]), "equal": equal,
+        "uninterrupted_s": round(whole_s, 1), "faulted_total_s": round(faulted["wall_s"], 1),
+        "lost_s_per_fault": round((faulted["wall_s"] - whole_s) / max(hits, 1), 1), "faults": faulted["faults"],
     }  # fmt: skip
 
 

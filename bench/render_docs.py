@@ -150,11 +150,12 @@ def fault_injection(base: Path = ROOT) -> str:
     if (found := _single("fault_injection")) is None:
         return _missing("fault_injection")
     path, r = found
-    lines = ["| scenario | fault | injected | ended equal | uninterrupted | lost per fault |",
-             "| --- | --- | ---: | --- | ---: | ---: |"]  # fmt: skip
+    lines = ["| scenario | fault | faults that hit | checkpoints damaged | ended equal | uninterrupted | lost per fault |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: |"]  # fmt: skip
     for row in r["scenarios"]:
-        lines.append(f"| `{row['scenario']}` | {row['fault']} | {row['injected']} | {'yes' if row['equal'] else 'NO'} "
-                     f"| {row['uninterrupted_s']:.0f} s | {row['lost_s_per_fault']:.1f} s |")  # fmt: skip
+        lines.append(f"| `{row['scenario']}` | {row['fault']} | {row['injected']} | {row['damaged']} | "
+                     f"{'yes' if row['equal'] else 'NO'} | {row['uninterrupted_s']:.0f} s | "
+                     f"{row['lost_s_per_fault']:.1f} s |")  # fmt: skip
     return "\n".join(lines) + f"\n\n{hardware(r)}; {_link(path, base)}."
 
 
