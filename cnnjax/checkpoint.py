@@ -246,7 +246,7 @@ def find(path: str | Path, which: str = "best") -> tuple[Path, int]:
 
 def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, str]:
     """(params, model_state, where) of the checkpoint ``path`` names (see :func:`find`), read without a template
-    and without writing anything there (the moving average's where the run kept one, ``train.ema_decay``);
+    and without writing anything there (the weights the run evaluated: see ``train.evaluated``);
     ``where`` says which checkpoint it was. Damaged files are a ValueError
     naming the checkpoint."""
     directory, step = find(path, which)
@@ -259,5 +259,8 @@ def read_variables(path: str | Path, which: str = "best") -> tuple[dict, dict, s
     restored = _manager(directory, create=False).restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
     )["state"]
-    restored = restored.get("ema", restored)  # a run with train.ema_decay is used through its moving average
+    if "ema" in restored:  # a run with train.ema_decay is used through its moving average
+        restored = restored["ema"]
+    elif "slow" in restored:  # one with optim.lookahead through its slow weights
+        restored = {**restored, "params": restored["slow"]}
     return restored["params"], restored.get("model_state", {}), f"{directory} step {step}"

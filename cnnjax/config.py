@@ -85,6 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
             "onecycle_pct_start": 0.3,  # onecycle: the share of the run spent rising to the peak
             "plateau_factor": 0.1,  # plateau: the rate's factor when the validation loss stalls
             "plateau_patience": 3,  # plateau: validations without improvement before it falls
+            "lookahead": 0,  # > 0: Lookahead (optax's) around the optimizer, syncing every this many steps
+            "lookahead_alpha": 0.5,  # Lookahead's slow step size
         }
     )
     config.train = ml_collections.ConfigDict(

@@ -85,6 +85,8 @@ def validate(c) -> None:
     check(c.restart_epochs > 0, "restart_epochs", "must be > 0")
     check(0 < c.plateau_factor < 1, "plateau_factor", "must lie in (0, 1)")
     check(c.plateau_patience >= 1, "plateau_patience", "must be >= 1 (validations without improvement)")
+    check(c.lookahead >= 0, "lookahead", "must be >= 0 (steps between synchronizations; 0: off)")
+    check(0 < c.lookahead_alpha <= 1, "lookahead_alpha", "must lie in (0, 1]")
 
 
 def learning_rate_schedule(c, steps_per_epoch: int, num_epochs: int, peak: float | None = None) -> optax.Schedule:
@@ -142,7 +144,9 @@ def frozen_mask(pattern: str):
 def make_optimizer(c, steps_per_epoch: int, num_epochs: int, freeze: str = "") -> optax.GradientTransformation:
     """The optimizer the optim section ``c`` describes; ``INJECTED`` hyperparameters live in its state. ``freeze``:
     a regex (``train.freeze``); the updates of the parameters whose paths match are zero (``optax.set_to_zero``
-    on them, after weight decay), so they stay exactly as they started."""
+    on them, after weight decay), so they stay exactly as they started. With ``c.lookahead`` > 0 the chain is the
+    fast optimizer of ``optax.lookahead`` (sync every ``lookahead`` steps, slow step ``lookahead_alpha``), which
+    updates ``optax.LookaheadParams``: the training loop keeps the slow weights as ``state['slow']``."""
     validate(c)
     shape = learning_rate_schedule(c, steps_per_epoch, num_epochs, peak=1.0)
 
@@ -158,16 +162,28 @@ def make_optimizer(c, steps_per_epoch: int, num_epochs: int, freeze: str = "") -
             *frozen,
         )
 
-    return optax.inject_hyperparams(chain)(**{name: c[name] for name in INJECTED})
+    injected = optax.inject_hyperparams(chain)(**{name: c[name] for name in INJECTED})
+    if not c.lookahead:
+        return injected
+    lookahead = optax.lookahead(injected, c.lookahead, c.lookahead_alpha)
+    init = lambda params: lookahead.init(optax.LookaheadParams.init_synced(params))  # noqa: E731 - plain params in
+    return optax.GradientTransformation(init, lookahead.update)
+
+
+def _injected(opt_state):
+    """The ``inject_hyperparams`` state inside ``opt_state`` (under lookahead's, where there is one)."""
+    return opt_state.fast_state if isinstance(opt_state, optax.LookaheadState) else opt_state
 
 
 def with_hyperparams(opt_state, **values):
     """``opt_state`` with some ``INJECTED`` hyperparameters replaced (e.g. each member of a vectorized sweep)."""
-    return opt_state._replace(
-        hyperparams={**opt_state.hyperparams, **{k: jnp.asarray(v, jnp.float32) for k, v in values.items()}}
+    inner = _injected(opt_state)
+    inner = inner._replace(
+        hyperparams={**inner.hyperparams, **{k: jnp.asarray(v, jnp.float32) for k, v in values.items()}}
     )
+    return opt_state._replace(fast_state=inner) if isinstance(opt_state, optax.LookaheadState) else inner
 
 
 def current_learning_rate(opt_state):
     """The learning rate the last update used (learning_rate x schedule)."""
-    return next(s for s in opt_state.inner_state if isinstance(s, ScheduledRateState)).learning_rate
+    return next(s for s in _injected(opt_state).inner_state if isinstance(s, ScheduledRateState)).learning_rate

@@ -381,6 +381,8 @@ def _with_params(state: dict, params) -> dict:
     """``state`` whose evaluated parameters (see ``train.evaluated``) are ``params``."""
     if "ema" in state:
         return {**state, "ema": {**state["ema"], "params": params}}
+    if "slow" in state:
+        return {**state, "slow": params}
     return {**state, "params": params}
 
 

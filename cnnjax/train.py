@@ -181,6 +181,8 @@ def run_state(config, model, optimizer, image_shape) -> tuple[dict, jax.Array]:
     state["opt_state"] = optim.with_hyperparams(state["opt_state"], **{k: config.optim[k] for k in optim.INJECTED})
     if config.optim.schedule == "plateau":
         state["plateau"] = optim.plateau(config.optim).init(state["params"])
+    if config.optim.lookahead:
+        state["slow"] = jax.tree_util.tree_map(jnp.copy, state["params"])
     if config.train.ema_decay:
         state["ema"] = jax.tree_util.tree_map(
             jnp.copy, {"params": state["params"], "model_state": state["model_state"]}
@@ -293,10 +295,13 @@ def train_step_fn(
             x, lam = data.mix(jax.random.fold_in(step_key, 2), x, mixing)
         loss, accuracy, grads, model_state = accumulated(state["params"], state["model_state"], x, y, lam,
                                                          dropout_key)  # fmt: skip
-        param_updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        lookahead = "slow" in state
+        current = optax.LookaheadParams(state["params"], state["slow"]) if lookahead else state["params"]
+        param_updates, opt_state = optimizer.update(grads, state["opt_state"], current)
         rate_scale = state["plateau"].scale if "plateau" in state else jnp.ones((), jnp.float32)
         param_updates = jax.tree_util.tree_map(lambda u: (rate_scale * u).astype(u.dtype), param_updates)
-        params = optax.apply_updates(state["params"], param_updates)
+        updated = optax.apply_updates(current, param_updates)
+        params = updated.fast if lookahead else updated
         new_state = {
             **state,
             "step": state["step"] + 1,
@@ -305,6 +310,8 @@ def train_step_fn(
             "opt_state": opt_state,
             "epoch_sums": state["epoch_sums"] + jnp.stack([loss, accuracy, jnp.ones((), jnp.float32)]),
         }
+        if lookahead:
+            new_state["slow"] = updated.slow
         if ema_decay:
             t = state["step"].astype(jnp.float32)
             decay = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
@@ -327,10 +334,13 @@ def train_step_fn(
 
 def evaluated(state: dict) -> dict:
     """The state whose parameters evaluation, the best checkpoint's test and prediction use: the moving average's
-    (``state['ema']``, with ``train.ema_decay`` > 0), else the trained ones."""
-    if "ema" not in state:
-        return state
-    return {**state, "params": state["ema"]["params"], "model_state": state["ema"]["model_state"]}
+    (``state['ema']``, with ``train.ema_decay`` > 0), else Lookahead's slow weights (``state['slow']``, with
+    ``optim.lookahead`` > 0), else the trained ones."""
+    if "ema" in state:
+        return {**state, "params": state["ema"]["params"], "model_state": state["ema"]["model_state"]}
+    if "slow" in state:
+        return {**state, "params": state["slow"]}
+    return state
 
 
 def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_time_views=None):
@@ -581,6 +591,8 @@ def warm_start(state: dict, source: str) -> tuple[dict, dict]:
         summary += f"; re-initialized (shapes differ): {'; '.join(reinitialized)}"
     report = {"source": where, "loaded": loaded, "reinitialized": reinitialized, "summary": summary}
     warmed = {**state, "params": new_params, "model_state": new_model_state}
+    if "slow" in state:
+        warmed["slow"] = jax.tree_util.tree_map(jnp.copy, new_params)
     if "ema" in state:  # the moving average starts from the donor's weights too
         warmed["ema"] = jax.tree_util.tree_map(jnp.copy, {"params": new_params, "model_state": new_model_state})
     return warmed, report

@@ -83,8 +83,29 @@ def test_the_moving_average_is_validated_tested_checkpointed_and_predicted_with(
     assert np.mean(predicted == labels) == pytest.approx(results["test_accuracy"], abs=1e-6)  # the EMA was tested
 
 
+def test_lookahead_synchronizes_and_its_slow_weights_are_evaluated(tmp_path):
+    config = small_config(tmp_path)
+    config.optim.lookahead, config.optim.lookahead_alpha = 4, 0.5
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    step, state, _ = final_state(tmp_path / "run")
+    assert step == 18 and int(state["opt_state"]["steps_since_sync"]) == 18 % 4
+    assert not np.array_equal(state["slow"]["conv1"]["kernel"], state["params"]["conv1"]["kernel"])
+    images, labels = data.load("mnist", "test", data_dir=config.data.data_dir, tfds_dir=config.data.tfds_dir)
+    predicted = cnnjax.load(tmp_path / "run").predict(images).argmax(axis=1)
+    assert np.mean(predicted == labels) == pytest.approx(results["test_accuracy"], abs=1e-6)
+    model = models.get("lenet")
+    optimizer = optim.make_optimizer(config.optim, steps_per_epoch=6, num_epochs=3)
+    state = train.run_state(config, model, optimizer, (28, 28, 1))[0]
+    step = train.train_step_fn(model, optimizer, "cross_entropy", lambda k, x: x)
+    images, labels = images_and_labels()
+    for i in range(4):
+        state, _ = step(state, images, labels, jnp.arange(8), jax.random.key(i))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-8),
+                           state["params"], state["slow"])  # synchronized (to the rounding of fast + update)  # fmt: skip
+
+
 RECIPE = {"train.ema_decay": 0.8, "train.grad_accum_steps": 2, "data.mixup_alpha": 0.3, "data.cutmix_alpha": 1.0,
-          "optim.schedule": "plateau", "optim.plateau_patience": 1}  # fmt: skip
+          "optim.schedule": "plateau", "optim.plateau_patience": 1, "optim.lookahead": 4}  # fmt: skip
 
 
 def test_recipe_options_give_vectorized_members_their_solo_results(tmp_path):
