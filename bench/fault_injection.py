@@ -80,8 +80,10 @@ def damage(step_dir: Path) -> None:
 
 
 def progress(workdir: Path) -> int:
-    """How far a run or sweep has come: the records in all its metrics logs."""
-    return sum(len(metrics.read_records(path)) for path in workdir.rglob("metrics.jsonl"))
+    """How far a run or sweep has come: the records in its metrics logs (not searched recursively: checkpoints
+    appear and vanish beside them)."""
+    logs = [workdir / "metrics.jsonl", *workdir.glob("trial_*/metrics.jsonl")]
+    return sum(len(metrics.read_records(path)) for path in logs)
 
 
 def with_faults(command: list[str], workdir: Path, faults: int, kind: str, total: int, rng,
