@@ -14,6 +14,7 @@ import re
 import ml_collections
 
 from cnnjax import models
+from cnnjax.data.policies import parse_randaugment
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -54,6 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
             "random_crop_padding": 0,  # augmentation: pad and randomly crop back
             "random_flip": False,  # augmentation: random left-right mirror
             "random_translate": 0.0,  # augmentation: random sub-pixel shift, in pixels
+            "randaugment": "",  # timm-style RandAugment, e.g. 'rand-m9-n2' ('': off)
+            "trivialaugment": False,  # TrivialAugment (wide): one random op at a random magnitude per image
+            "color_jitter": 0.0,  # > 0: brightness, contrast (and on RGB saturation, hue / 4) jitter of this strength
+            "random_scale": (1.0, 1.0),  # zoom by a factor uniform in (low, high) about the centre
+            "random_erasing": 0.0,  # the probability of erasing a random rectangle (noise-filled, timm's 'pixel')
+            "random_erasing_area": (0.02, 1 / 3),  # its area as a share of the image, (low, high)
             "mixup_alpha": 0.0,  # > 0: Mixup with lam ~ Beta(alpha, alpha) (timm's semantics; cross_entropy only)
             "cutmix_alpha": 0.0,  # > 0: CutMix with lam ~ Beta(alpha, alpha)
             "mix_prob": 1.0,  # the probability that a batch is mixed at all
@@ -191,6 +198,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(data[key] >= 0, f"data.{key}", data[key], "must be >= 0 (0: off)")
         _check(not data[key] or train.loss == "cross_entropy", f"data.{key}", data[key],
                f"mixes cross_entropy targets only; set it to 0 for train.loss={train.loss!r}")  # fmt: skip
+    if data.randaugment:
+        parse_randaugment(data.randaugment)
+    _check(not (data.randaugment and data.trivialaugment), "data.trivialaugment", data.trivialaugment,
+           f"choose RandAugment (data.randaugment={data.randaugment!r}) or TrivialAugment, not both")  # fmt: skip
+    _check(data.color_jitter >= 0, "data.color_jitter", data.color_jitter, "must be >= 0 (0: off)")
+    photometric = data.randaugment or data.trivialaugment or data.color_jitter
+    _check(not (photometric and data.zca), "data.zca", data.zca,
+           "cannot be combined with colour jitter, RandAugment or TrivialAugment (they need per-channel scaling)")  # fmt: skip
+    low, high = data.random_scale
+    _check(0 < low <= high, "data.random_scale", data.random_scale, "must be (low, high) with 0 < low <= high")
+    _check(0.0 <= data.random_erasing <= 1.0, "data.random_erasing", data.random_erasing, "a probability in [0, 1]")
+    low, high = data.random_erasing_area
+    _check(0 < low <= high <= 1, "data.random_erasing_area", data.random_erasing_area,
+           "must be (low, high) with 0 < low <= high <= 1")  # fmt: skip
     for key in ("mix_prob", "mix_switch_prob"):
         _check(0.0 <= data[key] <= 1.0, f"data.{key}", data[key], "must be a probability in [0, 1]")
     _check(0.0 <= train.ema_decay < 1.0, "train.ema_decay", train.ema_decay, "must be in [0, 1) (0: off)")

@@ -231,7 +231,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
     test_images, test_labels = jax.device_put(splits.test)
     batch_size, c = base.data.batch_size, base.train
     steps_per_epoch = train.epoch_steps(base, len(splits.train[1]))
-    optimizer, train_fn, _, eval_fn, _ = train.compiled_steps(base, model, steps_per_epoch)
+    optimizer, train_fn, _, eval_fn, _ = train.compiled_steps(base, model, steps_per_epoch, splits.preprocessing)
     states, (key, *_) = zip(*(train.run_state(config, model, optimizer, splits.image_shape) for config in configs))
     checkpoints = [Checkpoints(workdir / "checkpoints", c.keep_checkpoints) for workdir in workdirs]
     restored = _restore_group(checkpoints, states)

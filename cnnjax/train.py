@@ -429,7 +429,7 @@ def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: i
     return optimizer, train_fn, train_step, eval_fn, jax.jit(eval_fn, compiler_options=options)
 
 
-def compiled_steps(config, model, steps_per_epoch: int):
+def compiled_steps(config, model, steps_per_epoch: int, preprocessing: data.Preprocessing | None = None):
     """The steps of ``config``, shared by every run in this process whose model, optimizer structure, loss and
     augmentations agree: trials that differ only in ``optim.INJECTED`` values or the seed reuse the compiled steps
     (the values live in the optimizer state; set them with ``optim.with_hyperparams``).
@@ -438,16 +438,30 @@ def compiled_steps(config, model, steps_per_epoch: int):
       config: the run's config.
       model: a Flax module.
       steps_per_epoch: training steps per epoch (schedules are in steps).
+      preprocessing: the run's fitted preprocessing, which the photometric augmentation policies (colour jitter,
+        RandAugment, TrivialAugment) undo and redo; needed only by them.
 
     Returns:
       (optimizer, train_fn, jitted train step, eval_fn, jitted eval step).
     """
     defaults = config_lib.base_config().optim
     optim_items = tuple(sorted((k, defaults[k] if k in optim.INJECTED else v) for k, v in config.optim.items()))
+    policies = data.Policies(*(config.data[k] for k in data.Policies._fields))
+    constants = ()
+    if policies.photometric:
+        if preprocessing is None or preprocessing.scale is None:
+            raise ValueError("colour jitter, RandAugment and TrivialAugment need the run's per-channel "
+                             "preprocessing (not data.zca): pass compiled_steps(..., preprocessing)")  # fmt: skip
+        constants = (
+            ("scale", tuple(map(float, preprocessing.scale))),
+            ("shift", tuple(map(float, preprocessing.shift))),
+        )
     augment_items = (
         ("crop_padding", config.data.random_crop_padding),
         ("flip", config.data.random_flip),
         ("translate", config.data.random_translate),
+        ("policies", policies),
+        *constants,
     )
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
@@ -736,7 +750,7 @@ def dry_run(config) -> dict:
     check_against_data(model, config.data, splits)
     steps_per_epoch = epoch_steps(config, len(splits.train[1]))
     started = time.time()
-    optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch)
+    optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch, splits.preprocessing)
     state, key = run_state(config, model, optimizer, splits.image_shape)
     mesh = parallel.make_mesh(config.train.num_devices)
     state, (images, labels) = parallel.replicate(state, mesh), parallel.replicate(splits.train, mesh)
@@ -774,7 +788,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     has_validation = len(splits.validation[1]) > 0
     batch_size = config.data.batch_size
     steps_per_epoch = epoch_steps(config, len(splits.train[1]))
-    optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch)
+    optimizer, _, train_step, _, eval_step = compiled_steps(config, model, steps_per_epoch, splits.preprocessing)
     state, train_key = run_state(config, model, optimizer, splits.image_shape)
     trainable = trainable_params(state["params"], c.freeze)
     checkpoints = Checkpoints(workdir / "checkpoints", c.keep_checkpoints)

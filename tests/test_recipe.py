@@ -105,7 +105,9 @@ def test_lookahead_synchronizes_and_its_slow_weights_are_evaluated(tmp_path):
 
 
 RECIPE = {"train.ema_decay": 0.8, "train.grad_accum_steps": 2, "data.mixup_alpha": 0.3, "data.cutmix_alpha": 1.0,
-          "optim.schedule": "plateau", "optim.plateau_patience": 1, "optim.lookahead": 4}  # fmt: skip
+          "optim.schedule": "plateau", "optim.plateau_patience": 1, "optim.lookahead": 4,
+          "data.randaugment": "rand-m9-n2", "data.random_erasing": 0.25, "data.random_scale": (0.9, 1.1),
+          "data.color_jitter": 0.2}  # fmt: skip
 
 
 def test_recipe_options_give_vectorized_members_their_solo_results(tmp_path):
@@ -137,3 +139,47 @@ def test_recipe_options_resume_bitwise(tmp_path):
     whole, resumed = final_state(tmp_path / "whole"), final_state(tmp_path / "resumed")
     assert whole[0] == resumed[0] and "ema" in whole[1] and "plateau" in whole[1]
     jax.tree_util.tree_map(np.testing.assert_array_equal, whole[1], resumed[1])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_policy_op_keeps_the_shape_and_the_unit_range(channels):
+    from cnnjax.data import policies
+
+    image = jax.random.uniform(jax.random.key(0), (12, 12, channels))
+    for name, op in policies.OPS.items():
+        out = jax.jit(lambda k, x, op=op: jnp.clip(op(k, x, 0.7), 0, 1))(jax.random.key(1), image)
+        assert out.shape == image.shape and float(out.min()) >= 0 and float(out.max()) <= 1, name
+    np.testing.assert_allclose(policies.OPS["Invert"](None, image, 0.5), 1 - image)
+    posterized = np.asarray(policies.OPS["Posterize"](None, image, 1.0)) * 255  # 4 bits: multiples of 16
+    np.testing.assert_allclose(posterized % 16, 0, atol=1e-3)
+    equalized = policies.OPS["Equalize"](None, image, 1.0)
+    assert float(equalized.max()) == 1.0 and float(equalized.min()) == 0.0
+    zoomed = policies.random_scale(jax.random.key(2), jnp.ones((12, 12, channels)), (0.5, 0.5))  # zoomed out
+    assert float(zoomed[0, 0].max()) == 0.0 and float(zoomed[6, 6].min()) == 1.0  # black border, the centre kept
+    np.testing.assert_allclose(policies.color_jitter(jax.random.key(3), image, 0.0), image, atol=1e-6)
+
+
+def test_policies_map_standardized_images_to_the_unit_range_and_back():
+    from cnnjax.data import policies
+
+    scale, shift = jnp.array([1 / 255 / 0.3]), jnp.array([-0.5 / 0.3])  # mean 0.5, std 0.3
+    unit = jax.random.uniform(jax.random.key(0), (4, 10, 10, 1))
+    standardized = unit * 255 * scale.reshape(1, 1, 1, 1) + shift.reshape(1, 1, 1, 1)
+    same = policies.apply_policies(jax.random.key(1), standardized, data.Policies(color_jitter=1e-7), scale, shift)
+    np.testing.assert_allclose(same, standardized, atol=1e-4)
+    erased = policies.apply_policies(jax.random.key(1), standardized,
+                                     data.Policies(random_erasing=1.0, random_erasing_area=(0.25, 0.25)))  # fmt: skip
+    share = np.mean(np.asarray(erased != standardized), axis=(1, 2, 3))
+    assert np.all((share > 0.1) & (share < 0.45))  # a quarter of each image, to the rounding of its sides
+    trivial = policies.apply_policies(jax.random.key(2), standardized, data.Policies(trivialaugment=True), scale, shift)
+    assert trivial.shape == standardized.shape and np.isfinite(np.asarray(trivial)).all()
+    assert policies.parse_randaugment("rand-m9-n2-mstd0.5") == (0.9, 2, 0.05)
+    with pytest.raises(ValueError, match="data.randaugment='rand-m11-n2' is invalid"):
+        policies.parse_randaugment("rand-m11-n2")
+
+
+def test_randaugment_trains_an_rgb_model(tmp_path):
+    config = small_config(tmp_path, "cifar_cnn", num_epochs=1)
+    config.data.randaugment, config.data.random_erasing, config.data.color_jitter = "rand-m9-n2", 0.5, 0.3
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["status"] == "done" and np.isfinite(results["test_loss"])

@@ -17,6 +17,7 @@ from cnnjax.data.augmentation import (
 )
 from cnnjax.data.image_folder import IMAGE_SUFFIXES
 from cnnjax.data.pipeline import Preprocessing, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
+from cnnjax.data.policies import Policies
 from cnnjax.data.sources import DATASETS, DataError, DatasetSpec
 from cnnjax.data.tfds_builders import load, prepare
 
@@ -28,6 +29,7 @@ __all__ = [
     "Preprocessing",
     "Splits",
     "Mixing",
+    "Policies",
     "augment",
     "mix",
     "eval_batches",

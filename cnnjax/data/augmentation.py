@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnjax.data.policies import Policies, apply_policies
+
 PAD_MODES = ("constant", "reflect", "edge")
 
 
@@ -95,9 +97,11 @@ def test_time_views(images: jax.Array, *, flip: bool = False, shift: int = 0) ->
 
 
 def augment(
-    key: jax.Array, images: jax.Array, *, crop_padding: int = 0, flip: bool = False, translate: float = 0.0
-) -> jax.Array:
-    """Random crop, flip and translation in that order, each with its own key; disabled ones are skipped.
+    key: jax.Array, images: jax.Array, *, crop_padding: int = 0, flip: bool = False, translate: float = 0.0,
+    policies: Policies | None = None, scale=None, shift=None,
+) -> jax.Array:  # fmt: skip
+    """Random crop, flip and translation in that order, each with its own key, then the policies of
+    :mod:`cnnjax.data.policies`; disabled ones are skipped.
 
     Args:
       key: the PRNG key.
@@ -105,6 +109,8 @@ def augment(
       crop_padding: > 0 enables :func:`random_crop` with this padding.
       flip: random horizontal flips.
       translate: > 0 enables :func:`random_translate` with this maximum shift.
+      policies: RandAugment, TrivialAugment, colour jitter, random scale, random erasing; None: none.
+      scale, shift: the preprocessing's per-channel constants (C,), for the photometric policies.
 
     Returns:
       (N, H, W, C).
@@ -113,7 +119,11 @@ def augment(
     images = random_crop(crop_key, images, padding=crop_padding)
     if flip:
         images = random_flip(flip_key, images)
-    return random_translate(translate_key, images, max_shift=translate)
+    images = random_translate(translate_key, images, max_shift=translate)
+    if policies is None or not policies.enabled:
+        return images
+    constants = (None, None) if scale is None else (jnp.asarray(scale), jnp.asarray(shift))
+    return apply_policies(jax.random.fold_in(key, 3), images, policies, *constants)
 
 
 class Mixing(NamedTuple):
