@@ -189,3 +189,19 @@ def misclassified(images, labels, predictions, class_names, path: str | Path, ti
     figure.suptitle(f"{title}: predicted (true)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def augmented_grid(draws: np.ndarray, class_names: list[str], lams: list[float], path: str | Path, title: str) -> None:
+    """Augmented training images (draws, N, H, W, C) in [0, 1]: one row per draw, titled with the class (and Mixup /
+    CutMix's lam where the draw mixed the batch)."""
+    rows, cols = draws.shape[:2]
+    figure, axes = _subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows + 0.5), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            axis, image = axes[r, c], draws[r, c]
+            axis.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            axis.set_title(class_names[c] + (f" (lam {lams[r]:.2f})" if lams[r] < 1 else ""), fontsize=6)
+            axis.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

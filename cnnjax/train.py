@@ -446,6 +446,16 @@ def compiled_steps(config, model, steps_per_epoch: int, preprocessing: data.Prep
     """
     defaults = config_lib.base_config().optim
     optim_items = tuple(sorted((k, defaults[k] if k in optim.INJECTED else v) for k, v in config.optim.items()))
+    augment_items = _augment_items(config, preprocessing)
+    return _cached_steps(
+        model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
+        augment_items, _view_items(config), config.train.compute_dtype, backend.XlaOptions.of(config.train),
+        config.train.freeze, _recipe_items(config),
+    )  # fmt: skip
+
+
+def _augment_items(config, preprocessing: data.Preprocessing | None) -> tuple:
+    """The arguments of ``data.augment`` that ``config`` sets, as hashable items."""
     policies = data.Policies(*(config.data[k] for k in data.Policies._fields))
     constants = ()
     if policies.photometric:
@@ -456,18 +466,26 @@ def compiled_steps(config, model, steps_per_epoch: int, preprocessing: data.Prep
             ("scale", tuple(map(float, preprocessing.scale))),
             ("shift", tuple(map(float, preprocessing.shift))),
         )
-    augment_items = (
+    return (
         ("crop_padding", config.data.random_crop_padding),
         ("flip", config.data.random_flip),
         ("translate", config.data.random_translate),
         ("policies", policies),
         *constants,
     )
-    return _cached_steps(
-        model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
-        augment_items, _view_items(config), config.train.compute_dtype, backend.XlaOptions.of(config.train),
-        config.train.freeze, _recipe_items(config),
-    )  # fmt: skip
+
+
+def augmentation(config, preprocessing: data.Preprocessing | None = None):
+    """(key, images (N, H, W, C)) -> (augmented images, lam): what the training step does to a batch of
+    preprocessed images before the model sees it (``lam`` < 1 where Mixup/CutMix mixed it with ``images[::-1]``)."""
+    augment = functools.partial(data.augment, **dict(_augment_items(config, preprocessing)))
+    mixing = dict(_recipe_items(config))["mixing"]
+
+    def apply(key, images):
+        x = augment(jax.random.split(key)[0], images)
+        return data.mix(jax.random.fold_in(key, 2), x, mixing) if mixing.enabled else (x, jnp.ones(()))
+
+    return apply
 
 
 def _recipe_items(config) -> tuple:

@@ -1,11 +1,14 @@
 """Figures of a trained run (``launch.py --visualize``): first-layer filters, the feature maps of every conv and
-pool layer for one test image, the test confusion matrix and misclassified test images."""
+pool layer for one test image, the test confusion matrix, misclassified test images, and training images as the
+run's augmentation draws them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import flax.linen as flax_nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import inference, plots
@@ -61,4 +64,23 @@ def visualize(config, workdir: str | Path, image_index: int = 0) -> dict[str, Pa
         labels, predictions, names, paths["confusion_matrix"], f"{title}: test accuracy {100 * accuracy:.2f}%"
     )
     plots.misclassified(np.asarray(images), labels, predictions, names, paths["misclassified"], title)
+    (train_images, train_labels), _, _ = load_raw(config.data)
+    paths["augmentation"] = workdir / "augmentation.png"
+    examples, draws = augmented_examples(config, predictor.preprocessing, train_images[:8])
+    plots.augmented_grid(examples, [names[i] for i in train_labels[:8]], draws, paths["augmentation"],
+                         f"{title}: what training sees (one row per draw)")  # fmt: skip
     return paths
+
+
+def augmented_examples(config, preprocessing, images: np.ndarray, draws: int = 4, seed: int = 0):
+    """(images (draws, N, H, W, C) as the training step augments uint8 ``images`` (N, H, W, C), each draw with its
+    own key, in the [0, 1] range of the originals where the preprocessing is per-channel; the lam of each draw)."""
+    from cnnjax import train
+
+    x = jnp.asarray(preprocessing(images))
+    apply = jax.jit(train.augmentation(config, preprocessing))
+    outs, lams = zip(*(apply(jax.random.fold_in(jax.random.key(seed), d), x) for d in range(draws)))
+    out = np.stack([np.asarray(o) for o in outs])
+    if preprocessing.scale is not None:  # back to [0, 1] for display
+        out = np.clip((out - preprocessing.shift) / (255.0 * preprocessing.scale), 0, 1)
+    return out, [float(lam) for lam in lams]

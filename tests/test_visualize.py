@@ -5,8 +5,10 @@ import sys
 
 import jax
 import matplotlib.image
+import numpy as np
 
-from cnnjax import train, visualize
+import cnnjax
+from cnnjax import data, train, visualize
 from tests.fakes import small_config
 
 
@@ -15,10 +17,28 @@ def test_visualizations_of_a_tiny_run(tmp_path):
     with jax.numpy_dtype_promotion("standard"):
         train.train_and_evaluate(config, tmp_path / "run")
         paths = visualize.visualize(config, tmp_path / "run", image_index=3)
-    assert set(paths) == {"filters", "feature_maps", "confusion_matrix", "misclassified"}
+    assert set(paths) == {"filters", "feature_maps", "confusion_matrix", "misclassified", "augmentation"}
     for path in paths.values():
         height, width = matplotlib.image.imread(path).shape[:2]
         assert height >= 200 and width >= 200
+
+
+def test_the_augmentation_page_shows_what_the_training_step_draws(tmp_path):
+    config = small_config(tmp_path, num_epochs=1)
+    config.data.random_erasing, config.data.mixup_alpha = 1.0, 0.5
+    with jax.numpy_dtype_promotion("standard"):
+        train.train_and_evaluate(config, tmp_path / "run")
+        predictor = cnnjax.load(tmp_path / "run")
+        images, _ = data.load("mnist", "train", data_dir=config.data.data_dir, tfds_dir=config.data.tfds_dir)
+        draws, lams = visualize.augmented_examples(config, predictor.preprocessing, images[:8], draws=3)
+    assert draws.shape == (3, 8, 28, 28, 1) and all(0 < lam < 1 for lam in lams)  # every draw mixed
+    unit = images[:8] / 255.0
+    assert not np.allclose(draws[0], unit, atol=1e-3) and not np.allclose(draws[0], draws[1])
+    assert draws.min() >= 0 and draws.max() <= 1
+    config.data.random_erasing, config.data.mixup_alpha = 0.0, 0.0  # nothing enabled: the images as they are
+    with jax.numpy_dtype_promotion("standard"):
+        plain, _ = visualize.augmented_examples(config, predictor.preprocessing, images[:8], draws=1)
+    np.testing.assert_allclose(plain[0], unit, atol=1e-5)
 
 
 def test_drawing_leaves_pyplot_and_its_backend_alone(tmp_path):
