@@ -5,6 +5,8 @@
     python launch.py --experiment=NAME --sweep[=SWEEP] --study_storage=URL   # one Optuna worker; start several
     python launch.py --workdir=RUN --predict=PATH [--predict=PATH ...] [--predict_out=DIR]   # classify images
     python launch.py --workdir=RUN --export=DIR   # DIR/model.jax (jax.export) and DIR/model.json
+    python launch.py --experiment=NAME --lr_find   # a learning-rate range test: lr_find.png and a suggested rate
+    python launch.py --experiment=NAME --dry_run   # one training and one evaluation step, then exit
 
 Runs ``experiments/NAME.py:get_config()`` through ``cnnjax.train.train_and_evaluate``, or its sweep (``sweeps()``)
 through ``cnnjax.sweep``. Re-running with the same ``--workdir`` resumes a run or a sweep.
@@ -33,6 +35,9 @@ flags.DEFINE_string(
     "the experiment to run, experiments/<NAME>.py: " + ", ".join(available_experiments()),
 )
 flags.DEFINE_string("workdir", None, "run directory (default runs/<experiment>/<timestamp>); an existing one resumes")
+flags.DEFINE_enum("lr_find", None, ["auto", "sequential", "vectorized"], "run a learning-rate range test instead "
+                  "of training (a bare --lr_find: auto, which vectorizes where a sweep would): lr_find.png and "
+                  ".json in --workdir, and a suggested rate")  # fmt: skip
 flags.DEFINE_bool("dry_run", False, "one training and one evaluation step on the real data and shapes, then exit "
                   "(writes nothing)")  # fmt: skip
 flags.DEFINE_bool("summary", False, "print the model's layer table (shapes, parameters, connections, FLOPs) and exit")
@@ -140,6 +145,17 @@ def main(argv):
     from cnnjax import preemption
 
     try:
+        if FLAGS.lr_find:
+            from cnnjax import lr_find
+
+            workdir = FLAGS.workdir or str(Path("runs") / FLAGS.experiment / time.strftime("lr_find-%Y%m%d-%H%M%S"))
+            result = lr_find.lr_find(config, workdir, way=FLAGS.lr_find)
+            suggested = result["suggested_learning_rate"]
+            print(f"learning-rate range test ({result['way']}, {len(result['rates'])} rates): suggested "
+                  f"--config.optim.learning_rate={suggested:.3g}; figure {result['figure']}" if suggested else
+                  f"learning-rate range test ({result['way']}): no suggestion (the loss did not fall); figure "
+                  f"{result['figure']}")  # fmt: skip
+            return
         if FLAGS.dry_run:
             result = train.dry_run(config)
             print(f"dry run: one step on {'x'.join(map(str, result['image_shape']))} images, training loss "
@@ -226,6 +242,7 @@ def run_sweep(config) -> None:
 
 
 if __name__ == "__main__":
-    argv = ["--sweep=default" if arg == "--sweep" else arg for arg in sys.argv]  # a bare --sweep: the default sweep
+    bare = {"--sweep": "--sweep=default", "--lr_find": "--lr_find=auto"}  # a bare --sweep: the default sweep
+    argv = [bare.get(arg, arg) for arg in sys.argv]
     config_flags.DEFINE_config_dict("config", load_config(argv), lock_config=True)
     app.run(main, argv=argv)

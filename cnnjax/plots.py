@@ -205,3 +205,19 @@ def augmented_grid(draws: np.ndarray, class_names: list[str], lams: list[float],
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def lr_find(rates: np.ndarray, losses: np.ndarray, suggested: float | None, path: str | Path, title: str) -> None:
+    """The range test's training loss against the learning rate (log scale), the suggested rate marked."""
+    figure, axis = _subplots(figsize=(6, 4))
+    finite = np.isfinite(losses)
+    axis.plot(rates[finite], losses[finite], marker="." if len(rates) < 40 else None)
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    if suggested is not None:
+        axis.axvline(suggested, color="firebrick", linestyle="--", label=f"suggested {suggested:.2e}")
+        axis.legend()
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
