@@ -13,7 +13,7 @@ import re
 
 import ml_collections
 
-from cnnjax import models
+from cnnjax import metrics, models
 from cnnjax.data.policies import parse_randaugment
 
 
@@ -114,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
             "init_from": ml_collections.config_dict.placeholder(str),  # warm start: a run or checkpoint directory
             "freeze": "",  # a regex: parameters whose paths ('conv1/kernel') match are not trained
             "log_every": 50,  # steps between metric records
+            "loggers": "tensorboard",  # besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow ('': none)
             "num_devices": 1,  # data parallelism over this many devices (0: all devices of all processes)
             "cpu_devices": 0,  # > 0: split the host CPU into this many devices (parallel.split_cpu; 0: JAX's one)
             "compute_dtype": "float32",  # float32 | bfloat16 (mixed precision: float32 parameters and optimizer)
@@ -218,6 +219,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     accumulation = train.grad_accum_steps
     _check(accumulation >= 1 and data.batch_size % accumulation == 0, "train.grad_accum_steps", accumulation,
            f"must be >= 1 and divide data.batch_size={data.batch_size}")  # fmt: skip
+    metrics.logger_names(train.loggers)
     _check(train.max_steps >= 0, "train.max_steps", train.max_steps, "must be >= 0 (0: no step budget)")
     _check(train.max_time >= 0, "train.max_time", train.max_time, "must be >= 0 minutes (0: no time budget)")
     _check(train.limit_batches >= 0, "train.limit_batches", train.limit_batches, "must be >= 0 (0: every batch)")

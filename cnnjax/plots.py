@@ -15,8 +15,9 @@ def _subplots(*grid, **kwargs):
     return figure, figure.subplots(*grid, **kwargs)
 
 
-def learning_curves(records: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, train vs validation, from the 'epoch' records of metrics.jsonl."""
+def learning_curves(records: list[dict], path: str | Path, title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train vs validation, from the 'epoch' records of metrics.jsonl; returns the
+    figure (for the loggers)."""
     epochs = [r for r in records if r["kind"] == "epoch"]
     figure, (loss_axis, accuracy_axis) = _subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-o"), ("val", "-s")):
@@ -37,6 +38,7 @@ def learning_curves(records: list[dict], path: str | Path, title: str = "") -> N
         figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    return figure
 
 
 def sweep_heatmap(rows: list[dict], axes: list[str], path: str | Path) -> None:

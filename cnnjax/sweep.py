@@ -255,7 +255,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         metrics.write_json(workdir / "config.json", config.to_dict())
         run_card.write_or_check(workdir, config, splits)
         metrics.write_json(workdir / "results.json", {"status": "running", "executor": "vectorized"})
-        writers.append(metrics.MetricsWriter(workdir, step))
+        writers.append(metrics.MetricsWriter(workdir, step, c.loggers))
     alive = jnp.array([meta["alive"] for meta in metas])
     has_validation = len(val_labels) > 0
     train_time = metas[0]["train_time_s"]

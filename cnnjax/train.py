@@ -819,7 +819,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     if resuming:
         latest, state, meta = checkpoints.restore_latest(state)
         metrics.log_line(f"resuming from the checkpoint at step {latest} in {workdir}")
-    writer = metrics.MetricsWriter(workdir, int(state["step"])) if chief else metrics.NullWriter()
+    writer = metrics.MetricsWriter(workdir, int(state["step"]), c.loggers) if chief else metrics.NullWriter()
     frozen = f", {trainable:,} trainable (train.freeze={c.freeze!r})" if c.freeze else ""
     metrics.log_line(
         f"{config.model.name} ({count_params(state['params']):,} params{frozen}) on {config.data.name}: "
@@ -919,13 +919,11 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         accuracy_title = f"{title}: test accuracy {100 * test.accuracy:.2f}%"
         writer.figure("test/confusion_matrix", plots.confusion_figure(test.confusion, splits.class_names,
                                                                       accuracy_title), step)  # fmt: skip
-    writer.close()
-    checkpoints.close()
     records = metrics.read_records(workdir / "metrics.jsonl")
     epoch_records = [r for r in records if r["kind"] == "epoch"]  # also those of the processes before a resume
     train_time = sum(r["elapsed_s"] for r in epoch_records)
     if chief:
-        plots.learning_curves(records, workdir / "learning_curves.png", title=title)
+        writer.figure("learning_curves", plots.learning_curves(records, workdir / "learning_curves.png", title), step)
     results = run_results(
         test, splits.class_names, meta if has_validation else None, epochs=step // steps_per_epoch,
         params=count_params(final_state["params"]), train_time_s=train_time, wall_time_s=time.time() - started,
@@ -934,6 +932,10 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         budget=stopped,
         images_per_sec=sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
     )  # fmt: skip
+    writer.hyperparameters(config.to_dict(), {k: results[k] for k in ("test_accuracy", "test_loss", "val_accuracy")
+                                              if results.get(k) is not None})  # fmt: skip
+    writer.close()
+    checkpoints.close()
     if "warm_start" in meta:
         results["warm_start"] = meta["warm_start"]
     if chief:

@@ -348,3 +348,28 @@ def test_a_vectorized_group_keeps_the_budget(tmp_path):
         results = json.loads((trial / "results.json").read_text())
         assert results["stopped"] == "budget" and results["executor"] == "vectorized"
     assert all(r["status"] == "done" for r in rows)
+
+
+def test_loggers_get_the_scalars_figures_and_hyperparameters_offline(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = small_config(tmp_path)
+    config.train.loggers = "tensorboard,wandb,mlflow"
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    run = client.get_run((tmp_path / "run" / "mlflow_run_id").read_text().strip())
+    assert run.data.params["optim.learning_rate"] == str(config.optim.learning_rate)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch.val_accuracy")] == [6, 12, 18]
+    assert run.data.metrics["final.test_accuracy"] == pytest.approx(results["test_accuracy"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"test_confusion_matrix_18.png",
+                                                                        "learning_curves_18.png"}  # fmt: skip
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 1000
+    events = b"".join(p.read_bytes() for p in (tmp_path / "run" / "tensorboard").glob("events.out.*"))
+    assert b"test/confusion_matrix" in events and b"learning_curves" in events and b"epoch/val_accuracy" in events
+    assert list((tmp_path / "run" / "tensorboard").glob("hparams/events.out.*"))
+    config.train.loggers = "tensorboard,comet"
+    with pytest.raises(ValueError, match="unknown logger 'comet'; choose from tensorboard, wandb, mlflow"):
+        train.check_config(config)
