@@ -60,14 +60,15 @@ def run(command: list[str]) -> float:
 
 def newest_checkpoints(workdir: Path, damaged_before: dict) -> list[Path]:
     """The newest periodic checkpoint of every unfinished run directory under ``workdir`` (a run, or a sweep's
-    trials), where it is newer than any damaged before (``damaged_before``: periodic dir -> step): damage that
-    reached every checkpoint of a run would stop it with an error, as it should, instead of testing the fallback."""
+    trials) that has an older one to fall back to, where it is newer than any damaged before (``damaged_before``:
+    periodic dir -> step): damage that reached every checkpoint of a run would stop it with an error, as it should
+    (tests/test_faults.py checks that), instead of testing the fallback."""
     newest = []
     for periodic in workdir.rglob("checkpoints/periodic"):
         if json.loads((periodic.parents[1] / "results.json").read_text()).get("status") == "done":
             continue
         steps = sorted((int(p.name) for p in periodic.iterdir() if p.name.isdigit()))
-        if steps and steps[-1] > damaged_before.get(periodic, -1):
+        if len(steps) >= 2 and steps[-1] > damaged_before.get(periodic, -1):
             damaged_before[periodic] = steps[-1]
             newest.append(periodic / str(steps[-1]))
     return newest

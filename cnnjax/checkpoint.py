@@ -204,8 +204,7 @@ class Checkpoints:
         if restored is None and had_checkpoints and at_most is None:
             raise rundir.RunDirectoryError(
                 f"no checkpoint in {self.periodic.directory} can be read (each was moved aside as *.corrupt); "
-                "run with another --workdir to start over, or move the damaged run's checkpoints/ folder away to "
-                "retrain it in place"
+                "run the same command again to train this run from the start, or use another --workdir"
             )
         return restored
 

@@ -27,6 +27,10 @@ class RunDirectoryError(ValueError):
     """A run directory that cannot be used, or a write that failed there; the message names the path and the fix."""
 
 
+class WriteFailed(RunDirectoryError):
+    """A write that failed (a full disk, an I/O error): it would fail for every run on that disk."""
+
+
 def prepare(path: str | Path, flag: str = "--workdir") -> Path:
     """Creates the run directory ``path`` if missing and checks it can be written.
 
@@ -111,7 +115,7 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def write_error(error: BaseException, path: Path, what: str, needed_bytes: int, intact: str) -> RunDirectoryError:
+def write_error(error: BaseException, path: Path, what: str, needed_bytes: int, intact: str) -> WriteFailed:
     """The one-line error for a failed write of ``what`` at ``path``.
 
     Args:
@@ -131,7 +135,7 @@ def write_error(error: BaseException, path: Path, what: str, needed_bytes: int, 
                    f"{free / 1e6:.1f} MB are free")  # fmt: skip
     else:
         problem = f"{type(error).__name__}: {getattr(error, 'strerror', None) or error}"
-    return RunDirectoryError(
+    return WriteFailed(
         f"writing {what} to {path} failed ({problem}); {intact}. Free space or fix the disk, then run the same "
         "command again to resume, or use another --workdir"
     )

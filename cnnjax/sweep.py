@@ -146,13 +146,13 @@ def read_status(trial_dir: Path) -> dict:
 
 def run_trial(config, trial_dir: Path) -> dict:
     """One trial: its results, or its failure recorded (``status`` diverged / failed with the error) without raising.
-    An interruption (``preemption.Interrupted``) and a run directory that cannot be written (a full disk) stop the
+    An interruption (``preemption.Interrupted``) and a failed write (``rundir.WriteFailed``: a full disk) stop the
     sweep: they raise."""
     try:
         return train.train_and_evaluate(config, trial_dir)
     except train.TrainingDiverged as error:
         return {"status": "diverged", "error": str(error)}
-    except (preemption.Interrupted, rundir.RunDirectoryError):
+    except (preemption.Interrupted, rundir.WriteFailed):
         raise
     except Exception as error:  # noqa: BLE001 - any failure of one trial is recorded; the sweep goes on
         metrics.log_line(f"trial {trial_dir.name} failed: {type(error).__name__}: {error}")
@@ -500,7 +500,7 @@ def _run_trials(configs: list, dirs: list[Path], executor: str, only: int | None
                 continue
             try:
                 train_group([configs[i] for i in chunk], [dirs[i] for i in chunk])
-            except (preemption.Interrupted, rundir.RunDirectoryError):
+            except (preemption.Interrupted, rundir.WriteFailed):
                 raise
             except Exception as error:  # noqa: BLE001 - the group's trials are recorded as failed
                 for i in chunk:

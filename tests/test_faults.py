@@ -86,9 +86,10 @@ def test_no_readable_checkpoint_is_one_error_naming_the_directory(tmp_path):
     checkpoints = saved_checkpoints(tmp_path, steps=(1, 2))
     for step in (1, 2):
         DAMAGE["arrays overwritten"](tmp_path / "periodic" / str(step))
-    with pytest.raises(rundir.RunDirectoryError, match="no checkpoint in .*periodic can be read.*another --workdir"):
+    with pytest.raises(rundir.RunDirectoryError, match="no checkpoint in .*periodic can be read.*from the start"):
         checkpoints.restore_latest(tiny_state(0))
     assert sorted(p.name for p in (tmp_path / "periodic").iterdir()) == ["1.corrupt", "2.corrupt"]
+    assert Checkpoints(tmp_path, keep=3).restore_latest(tiny_state(0)) is None  # run again: a new start
 
 
 def test_another_architecture_is_an_error_and_moves_nothing(tmp_path):
