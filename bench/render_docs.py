@@ -1,4 +1,4 @@
-"""Renders the figures of README.md, docs/performance.md and docs/architecture.md from the result files in bench/results/.
+"""Renders the figures of README.md, docs/performance.md, docs/architecture.md and docs/recipe.md from the result files in bench/results/.
 
     python bench/render_docs.py          # rewrites the marked blocks in place
     python bench/render_docs.py --check  # exits 1 if a document differs from its result files
@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "performance.md", ROOT / "docs" / "architecture.md")
+DOCUMENTS = (ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in ("performance", "architecture", "recipe")))
 EXPERIMENT_ORDER = ("lenet", "lenet5_classic", "mnist_cnn", "resnet9")
 TORCH_MODELS = {"lenet": "LeNet", "mnist_cnn": "MNIST CNN", "cifar_cnn": "`cifar_cnn`", "resnet20": "ResNet-20",
                 "resnet9": "ResNet-9"}  # fmt: skip
@@ -159,7 +159,23 @@ def fault_injection(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n{hardware(r)}; {_link(path, base)}."
 
 
+def recipe_cost(base: Path = ROOT) -> str:
+    """Per recipe option: the step time with it over the experiment's own, per experiment."""
+    if (found := _single("recipe_cost")) is None:
+        return _missing("recipe_cost")
+    path, r = found
+    names = list(r["experiments"])
+    lines = ["| option | " + " | ".join(f"`{n}` (batch {r['experiments'][n]['batch_size']})" for n in names) + " |",
+             "| --- |" + " ---: |" * len(names)]  # fmt: skip
+    for option in r["experiments"][names[0]]["cost"]:
+        lines.append(
+            f"| `{option}` | " + " | ".join(f"{r['experiments'][n]['cost'][option]:.2f}x" for n in names) + " |"
+        )
+    return "\n".join(lines) + f"\n\n{hardware(r)}; {_link(path, base)}."
+
+
 BLOCKS = {
+    "recipe_cost": recipe_cost,
     "fault_injection": fault_injection,
     "experiments": experiments_table,
     "vs_pytorch": vs_pytorch,
