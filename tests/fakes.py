@@ -103,3 +103,25 @@ def final_state(workdir: Path):
     restored = manager.periodic.restore(step)
     manager.close()
     return step, restored["state"], meta
+
+
+def on_training_step(monkeypatch, at_call: int, action) -> None:
+    """Makes the training step call ``action()`` before its ``at_call``-th call (e.g. raise KeyboardInterrupt, or
+    send this process a signal as a scheduler would)."""
+    from cnnjax import train
+
+    real_steps = train.compiled_steps
+
+    def steps(*args):
+        optimizer, train_fn, step, eval_fn, eval_step = real_steps(*args)
+        calls = [0]
+
+        def hooked(*step_args):
+            calls[0] += 1
+            if calls[0] == at_call:
+                action()
+            return step(*step_args)
+
+        return optimizer, train_fn, hooked, eval_fn, eval_step
+
+    monkeypatch.setattr(train, "compiled_steps", steps)

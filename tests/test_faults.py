@@ -18,7 +18,7 @@ import pytest
 
 from cnnjax import checkpoint, metrics, preemption, rundir, sweep, train
 from cnnjax.checkpoint import Checkpoints
-from tests.fakes import comparable, final_state, small_config
+from tests.fakes import comparable, final_state, on_training_step, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -280,29 +280,10 @@ def test_a_run_killed_between_its_test_and_its_results_is_tested_once_again(tmp_
     assert sum(r["kind"] == "test" for r in records) == 1 and again["test_accuracy"] == first["test_accuracy"]
 
 
-def signalling_steps(monkeypatch, at_call: int, signum=signal.SIGTERM):
-    """Makes the training step send this process ``signum`` at its ``at_call``-th call, as a scheduler would."""
-    real_steps = train.compiled_steps
-
-    def steps(*args):
-        optimizer, train_fn, step, eval_fn, eval_step = real_steps(*args)
-        calls = [0]
-
-        def signalling(*step_args):
-            calls[0] += 1
-            if calls[0] == at_call:
-                os.kill(os.getpid(), signum)
-            return step(*step_args)
-
-        return optimizer, train_fn, signalling, eval_fn, eval_step
-
-    monkeypatch.setattr(train, "compiled_steps", steps)
-
-
 def test_sigterm_checkpoints_and_a_damaged_newest_checkpoint_still_resumes_bitwise(tmp_path, monkeypatch):
     config = small_config(tmp_path, checkpoint_every=3)
     train.train_and_evaluate(config, tmp_path / "whole")
-    signalling_steps(monkeypatch, at_call=11)
+    on_training_step(monkeypatch, 11, lambda: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(preemption.Interrupted, match="interrupted by SIGTERM at step 11") as stopped:
         train.train_and_evaluate(config, tmp_path / "resumed")
     assert stopped.value.exit_code == 128 + signal.SIGTERM

@@ -17,7 +17,7 @@ import pytest
 
 from cnnjax import data, metrics, models, optim, train
 from cnnjax.config import base_config
-from tests.fakes import comparable, final_state, small_config
+from tests.fakes import comparable, final_state, on_training_step, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,25 +107,14 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch):
     config = small_config(tmp_path, checkpoint_every=3)
     train.train_and_evaluate(config, tmp_path / "whole")
 
-    real_steps = train.compiled_steps
+    def interrupt():  # between two checkpoints, in the second epoch
+        raise KeyboardInterrupt
 
-    def interrupting_steps(*args):
-        optimizer, train_fn, step, eval_fn, eval_step = real_steps(*args)
-        calls = [0]
-
-        def interrupting(*step_args):
-            calls[0] += 1
-            if calls[0] == 11:  # between two checkpoints, in the second epoch
-                raise KeyboardInterrupt
-            return step(*step_args)
-
-        return optimizer, train_fn, interrupting, eval_fn, eval_step
-
-    monkeypatch.setattr(train, "compiled_steps", interrupting_steps)
+    on_training_step(monkeypatch, 11, interrupt)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, tmp_path / "resumed")
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(train, "compiled_steps", real_steps)
+    monkeypatch.undo()
     results = train.train_and_evaluate(config, tmp_path / "resumed")
 
     whole = final_state(tmp_path / "whole")
