@@ -138,7 +138,16 @@ def _random_op(key, image, magnitude, names):
 
 def randaugment(key, image, spec: str):
     """RandAugment (Cubuk et al., 2020) as timm's 'rand-mM-nN': N ops drawn uniformly, each at magnitude M/10
-    (plus Gaussian noise of std mstd/10, clipped to [0, 1])."""
+    (plus Gaussian noise of std mstd/10, clipped to [0, 1]).
+
+    Args:
+      key: the PRNG key.
+      image: (H, W, C) in [0, 1].
+      spec: e.g. 'rand-m9-n2' (see :func:`parse_randaugment`).
+
+    Returns:
+      (H, W, C) in [0, 1].
+    """
     magnitude, count, noise = parse_randaugment(spec)
     for op_key in jax.random.split(key, count):
         noise_key, op_key = jax.random.split(op_key)
@@ -155,7 +164,16 @@ def trivialaugment(key, image):
 
 def color_jitter(key, image, strength: float):
     """torchvision's ColorJitter(strength, strength, strength, strength / 4) in random order of the four kinds;
-    saturation and hue only on RGB images."""
+    saturation and hue only on RGB images.
+
+    Args:
+      key: the PRNG key.
+      image: (H, W, C) in [0, 1], C = 1 or 3.
+      strength: factors are uniform in [max(0, 1 - strength), 1 + strength]; hue shifts in +-strength / 4.
+
+    Returns:
+      (H, W, C) in [0, 1].
+    """
     keys = jax.random.split(key, 5)
     factor = lambda k: jax.random.uniform(k, minval=max(0.0, 1 - strength), maxval=1 + strength)  # noqa: E731
     steps = [
@@ -174,7 +192,16 @@ def color_jitter(key, image, strength: float):
 
 
 def random_scale(key, image, scale_range):
-    """Zooms by a factor uniform in ``scale_range`` about the centre (black outside), keeping the size."""
+    """Zooms about the centre, keeping the size.
+
+    Args:
+      key: the PRNG key.
+      image: (H, W, C).
+      scale_range: (low, high): the factor is uniform in it (> 1 zooms in; outside pixels are 0).
+
+    Returns:
+      (H, W, C).
+    """
     low, high = scale_range
     factor = jax.random.uniform(key, minval=low, maxval=high)
     return _affine(image, jnp.eye(2) / factor)
@@ -182,8 +209,17 @@ def random_scale(key, image, scale_range):
 
 def random_erasing(key, image, probability: float, area_range):
     """Random erasing (Zhong et al., 2020) as timm's per-pixel mode: with ``probability``, a rectangle of area in
-    ``area_range`` of the image and aspect ratio in [0.3, 3.3] (log-uniform) is filled with N(0, 1) noise. On
-    standardized images."""
+    ``area_range`` of the image and aspect ratio in [0.3, 3.3] (log-uniform) is filled with N(0, 1) noise.
+
+    Args:
+      key: the PRNG key.
+      image: (H, W, C), standardized.
+      probability: of erasing at all.
+      area_range: (low, high) shares of the image's area.
+
+    Returns:
+      (H, W, C).
+    """
     apply_key, area_key, ratio_key, place_key, noise_key = jax.random.split(key, 5)
     h, w, _ = image.shape
     area = jax.random.uniform(area_key, minval=area_range[0], maxval=area_range[1]) * h * w
