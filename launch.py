@@ -106,12 +106,10 @@ def load_config(argv: list[str]):
 
 def main(argv):
     del argv
-    import tensorflow_datasets as tfds
+    from cnnjax import backend, models, summary, train
 
-    from cnnjax import models, summary, train
-
+    backend.enable_compilation_cache()  # a second run of an experiment does not compile its steps again
     logging.set_verbosity(logging.WARNING)
-    tfds.disable_progress_bar()
 
     from cnnjax import parallel
 

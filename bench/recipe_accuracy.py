@@ -60,8 +60,13 @@ def main() -> None:
     winner = max(runs, key=lambda name: runs[name]["val_accuracy"])
     path = workloads.write_result(
         f"recipe_accuracy-{args.experiment}",
-        {"experiment": args.experiment, "epochs": args.epochs, "selected_on": "val_accuracy", "winner": winner,
-         "runs": runs},  # fmt: skip
+        {
+            "experiment": args.experiment,
+            "epochs": args.epochs,
+            "selected_on": "val_accuracy",
+            "winner": winner,
+            "runs": runs,
+        },  # fmt: skip
     )
     print(f"winner on validation: {winner}, {100 * runs[winner]['test_accuracy']:.2f}% test; wrote {path}")
 

@@ -6,16 +6,22 @@ YNNPACK runs slower than XLA's own loops for the small models. Keeping YNNPACK f
 LeNet's and the MNIST CNN's training steps faster; experiments whose models prefer another setting set it per program
 (``train.xla_cpu_ynn_fusion``; docs/performance.md, bench/xla_options.py). The flags only concern the CPU backend;
 GPU and TPU runs ignore them. ``CNNJAX_XLA_FLAGS=0`` turns them off.
+
+:func:`enable_compilation_cache` keeps compiled programs on disk between processes (JAX's persistent compilation
+cache), so a second run of an experiment starts training without compiling its steps again; ``launch.py`` turns it on.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import NamedTuple
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
 OPT_OUT = "CNNJAX_XLA_FLAGS"
+CACHE_DIR = "CNNJAX_COMPILATION_CACHE"  # the cache's directory, or 0 for none
+CACHE_MIN_COMPILE_S = 0.2  # programs that compile faster are not worth a file (the evaluation's small helpers)
 YNN_FUSION_TYPES = ("dot", "eltwise", "reduce", "individual_dot", "individual_convolution")
 
 
@@ -32,6 +38,41 @@ def apply_xla_flags(environ: MutableMapping[str, str] = os.environ) -> tuple[str
     if added:
         environ["XLA_FLAGS"] = " ".join((current, *added)).strip()
     return added
+
+
+def compilation_cache_dir(environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Where compiled programs persist: ``$CNNJAX_COMPILATION_CACHE``, else ``$XDG_CACHE_HOME/cnnjax/xla`` (by default
+    ``~/.cache/cnnjax/xla``); None when ``CNNJAX_COMPILATION_CACHE=0``."""
+    chosen = environ.get(CACHE_DIR, "")
+    if chosen == "0":
+        return None
+    if chosen:
+        return Path(chosen).expanduser()
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnjax" / "xla"
+
+
+def enable_compilation_cache(environ: MutableMapping[str, str] = os.environ) -> Path | None:
+    """Turns on JAX's persistent compilation cache in :func:`compilation_cache_dir` unless a cache directory is set
+    already (``jax_compilation_cache_dir``, which wins). Cached programs are the compiler's own output, so runs stay
+    bitwise identical; the key covers the program, the XLA flags and options, and the jax and device versions.
+
+    Returns:
+      The cache directory in use, or None (turned off, or the directory cannot be created: then runs compile).
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return Path(jax.config.jax_compilation_cache_dir)
+    directory = compilation_cache_dir(environ)
+    if directory is None:
+        return None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_S)
+    return directory
 
 
 class XlaOptions(NamedTuple):

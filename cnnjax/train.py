@@ -832,7 +832,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         meta["warm_start"].update(val_loss=start.loss, val_accuracy=start.accuracy)
         writer.write({"kind": "warm_start", "step": 0, "val_loss": start.loss, "val_accuracy": start.accuracy})
         metrics.log_line(f"warm start: validation accuracy {100 * start.accuracy:.2f}% before training")
-    step, first_step_s, stopped = int(state["step"]), None, None
+    step, first_step_s, first_step_at, stopped = int(state["step"]), None, None, None
     budget = Budget.of(c, workdir)
     plateau_step = jax.jit(functools.partial(optim.plateau_update, config.optim))
     evaluate_split = functools.partial(evaluate, eval_step, batch_size=config.data.eval_batch_size, mesh=mesh,
@@ -855,7 +855,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
             interval_steps += 1
             if first_step_s is None:
                 jax.block_until_ready(step_metrics)
-                first_step_s = time.time() - started
+                first_step_at = time.time()  # Unix time: bench/startup.py measures it from the command's start
+                first_step_s = first_step_at - started
             # the clock is read where the loop syncs with the device anyway
             stopped = budget.spent(step, check_time=step % c.log_every == 0 or i == steps_per_epoch - 1)
             last = i == steps_per_epoch - 1 or stopped is not None
@@ -927,7 +928,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
     results = run_results(
         test, splits.class_names, meta if has_validation else None, epochs=step // steps_per_epoch,
         params=count_params(final_state["params"]), train_time_s=train_time, wall_time_s=time.time() - started,
-        steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s, tested=tested,
+        steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s, first_step_at=first_step_at,
+        tested=tested,
         stopped="budget" if stopped else ("early_stopping" if meta["stopped_early"] else "num_epochs"),
         budget=stopped,
         images_per_sec=sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),

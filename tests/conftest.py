@@ -2,11 +2,14 @@
 promotion that raises, which catch silent broadcasting bugs."""
 
 import os
+import tempfile
 
 # The suite checks what cnnjax promises on the CPU (bitwise-identical resumes, oneDNN's convolutions, XLA:CPU's
 # options, forced host devices, the oracle at float32 tolerances): on a machine with a GPU it still runs there, and
 # its subprocesses with it. `JAX_PLATFORMS=cuda python -m pytest tests/test_functional.py ...` runs tests on a GPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# launch.py's persistent compilation cache: one per test session (its subprocesses share it), not the user's.
+os.environ.setdefault("CNNJAX_COMPILATION_CACHE", tempfile.mkdtemp(prefix="cnnjax-xla-cache-"))
 
 import jax  # noqa: E402
 import pytest

@@ -43,6 +43,31 @@ def test_importing_cnnjax_keeps_ynnpack_for_matrix_products_only():
     assert out.stdout.split() == ["True", "True"]
 
 
+def test_compilation_cache_directory_follows_the_environment(tmp_path):
+    assert backend.compilation_cache_dir({"CNNJAX_COMPILATION_CACHE": str(tmp_path)}) == tmp_path
+    assert backend.compilation_cache_dir({"CNNJAX_COMPILATION_CACHE": "0"}) is None
+    assert backend.compilation_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "cnnjax" / "xla"
+
+
+def test_a_second_process_loads_its_compiled_programs_from_the_cache(tmp_path):
+    program = (
+        "import cnnjax.backend, jax, jax.numpy as jnp\n"
+        "print(cnnjax.backend.enable_compilation_cache())\n"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"  # these compile in milliseconds
+        "f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0))\n"
+        "for n in range(40, 48): f(jnp.ones((n, n))).block_until_ready()\n"
+    )
+    env = {"PATH": "", "JAX_PLATFORMS": "cpu", "CNNJAX_COMPILATION_CACHE": str(tmp_path / "xla")}
+    run = lambda: subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, check=True)  # noqa: E731
+    assert run().stdout.strip() == str(tmp_path / "xla")
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "xla").iterdir()}
+    assert len([name for name in written if name.startswith("jit__lambda")]) == 8
+    run()
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "xla").iterdir()} == written  # read, none rewritten
+    env["CNNJAX_COMPILATION_CACHE"] = "0"
+    assert run().stdout.strip() == "None"
+
+
 def compiled_train_step(model, image_shape, **train_settings) -> str:
     """The optimized HLO text of the train step that ``compiled_steps`` builds with ``config.train`` settings."""
     config = base_config()

@@ -4,6 +4,7 @@ preprocessing, batching, augmentation and the error cases."""
 import dataclasses
 import gzip
 import hashlib
+import os
 import pickle
 import struct
 import tarfile
@@ -17,7 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnnjax import data
-from cnnjax.data import augmentation, pipeline, sources, tfds_builders
+from cnnjax.data import augmentation, pipeline, sources, split_cache, tfds_builders
 from tests import fakes
 
 RNG = np.random.default_rng(0)
@@ -49,6 +50,35 @@ def test_uncompressed_idx_files_from_data_dir(tmp_path):
         loaded = data.load("mnist", split, data_dir=str(tmp_path / "src"), tfds_dir=str(tmp_path / "tfds"))
         assert_same_examples(loaded, arrays[prefix][0][..., None], arrays[prefix][1])
     assert tfds_builders.builder("mnist", str(tmp_path / "tfds")).is_prepared()
+
+
+def test_split_arrays_are_cached_next_to_tfds_and_rebuilt_when_they_do_not_match(tmp_path, monkeypatch):
+    make_idx_dataset(tmp_path / "src")
+    tfds_dir = str(tmp_path / "tfds")
+    first = data.load("mnist", "train", data_dir=str(tmp_path / "src"), tfds_dir=tfds_dir)
+    assert split_cache.dataset_dir("mnist", tfds_dir) == Path(tfds_builders.builder("mnist", tfds_dir).data_dir)
+    arrays = split_cache.dataset_dir("mnist", tfds_dir) / "arrays"
+    assert sorted(p.name for p in arrays.iterdir()) == ["train.json", "train_images.npy", "train_labels.npy"]
+    from_tfds = []
+    read_tfds = tfds_builders.load
+    monkeypatch.setattr(
+        tfds_builders, "load", lambda *args, **kwargs: from_tfds.append(args) or read_tfds(*args, **kwargs)
+    )
+    cached = data.load("mnist", "train", tfds_dir=tfds_dir)
+    assert from_tfds == [] and isinstance(cached[0], np.memmap)  # memory-mapped, TFDS untouched
+    np.testing.assert_array_equal(cached[0], first[0])
+    np.testing.assert_array_equal(cached[1], first[1])
+    damaged = bytearray((arrays / "train_images.npy").read_bytes())
+    damaged[-1] ^= 0xFF  # one flipped pixel: same size, other digest
+    (arrays / "train_images.npy").write_bytes(bytes(damaged))
+    np.testing.assert_array_equal(data.load("mnist", "train", tfds_dir=tfds_dir)[0], first[0])
+    assert len(from_tfds) == 1
+    assert split_cache.read("mnist", "train", tfds_dir) is not None  # rewritten
+    source = next(split_cache.dataset_dir("mnist", tfds_dir).glob("*-train.array_record-*"))
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))  # TFDS re-prepared it
+    assert split_cache.read("mnist", "train", tfds_dir) is None
+    np.testing.assert_array_equal(data.load("mnist", "train", tfds_dir=tfds_dir)[0], first[0])
+    assert len(from_tfds) == 2
 
 
 def _cifar_rows(n, label_bytes):

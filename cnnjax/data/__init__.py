@@ -19,7 +19,16 @@ from cnnjax.data.image_folder import IMAGE_SUFFIXES
 from cnnjax.data.pipeline import Preprocessing, Splits, eval_batches, load_splits, steps_per_epoch, train_batches
 from cnnjax.data.policies import Policies
 from cnnjax.data.sources import DATASETS, DataError, DatasetSpec
-from cnnjax.data.tfds_builders import load, prepare
+from cnnjax.data.split_cache import load
+
+
+def prepare(name: str, *, data_dir: str | None = None, tfds_dir: str | None = None):
+    """Makes dataset ``name`` ready in ``tfds_dir`` and returns its TFDS builder (:func:`tfds_builders.prepare`; this
+    imports TFDS, which loading cached splits does not)."""
+    from cnnjax.data import tfds_builders
+
+    return tfds_builders.prepare(name, data_dir=data_dir, tfds_dir=tfds_dir)
+
 
 __all__ = [
     "DATASETS",

@@ -15,7 +15,7 @@ from absl import logging
 
 from cnnjax.data import image_folder
 from cnnjax.data.sources import DATASETS, DataError
-from cnnjax.data.tfds_builders import default_tfds_dir, load
+from cnnjax.data.split_cache import load, tfds_data_dir
 
 BALANCE_MODES = ("none", "undersample", "oversample")
 
@@ -274,7 +274,7 @@ def load_raw(config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
             )
         folder = image_folder.load(
             config.data_dir, image_size=config.image_size, channels=config.channels,
-            cache_dir=config.tfds_dir or default_tfds_dir(),
+            cache_dir=tfds_data_dir(config.tfds_dir),
         )  # fmt: skip
         if folder.skipped:
             logging.warning("%s: skipped %d files that are not images (PNG, JPEG, BMP, GIF)", config.data_dir,

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
+from cnnjax.data import split_cache
 from cnnjax.data.sources import (
     DATASETS,
     DataError,
@@ -34,7 +35,7 @@ class RawImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the builders: ``{'image': uint8 (H, W, C), 'label': ClassLabel}`` from ``SPEC``'s official files."""
 
     SPEC: DatasetSpec
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(split_cache.VERSION)
     RELEASE_NOTES = {"1.0.0": "Raw uint8 tensors in array_record, readable without TensorFlow."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Place the dataset's original files in the manual directory."
 
@@ -163,6 +164,7 @@ def prepare(name: str, *, data_dir: str | None = None, tfds_dir: str | None = No
     with contextlib.ExitStack() as stack:
         source = _source_dir(DATASETS[name], data_dir, str(ds_builder.data_dir_root), stack)
         config = tfds.download.DownloadConfig(manual_dir=None if source is None else str(source))
+        tfds.disable_progress_bar()  # one preparation: cnnjax's log lines say what happens
         try:
             ds_builder.download_and_prepare(download_config=config)
         except FileExistsError:  # another process (a sweep worker, a data-parallel peer) finished it first
