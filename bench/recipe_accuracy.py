@@ -5,7 +5,7 @@
 Runs ``python launch.py --experiment=NAME --config.train.num_epochs=EPOCHS`` once per recipe below (its overrides
 added), one after the other on the prepared offline data, each in a fresh run directory. The recipes cost the same
 per step within noise on ``resnet9`` (bench/results/recipe_cost-*.json), so equal epochs are an equal time budget;
-the wall times are recorded to show it. The winner is the recipe with the best validation accuracy; every test
+The winner is the recipe with the best validation accuracy; every test
 accuracy is recorded, but only the winner's is the result. Writes ``bench/results/recipe_accuracy-<name>-<cpu>.json``.
 """
 
@@ -23,7 +23,7 @@ import workloads
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
-    "today": [],
+    "own": [],  # the experiment as it is
     "ema": ["--config.train.ema_decay=0.998"],
     "ema+lookahead": ["--config.train.ema_decay=0.998", "--config.optim.lookahead=5"],
     "ema+smoothing": ["--config.train.ema_decay=0.998", "--config.train.label_smoothing=0.1"],

@@ -174,7 +174,57 @@ def recipe_cost(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n{hardware(r)}; {_link(path, base)}."
 
 
+def recipe_accuracy(base: Path = ROOT) -> str:
+    """Per recipe: validation and test accuracy and the wall time at one budget, the winner chosen on validation."""
+    if (found := _single("recipe_accuracy-resnet9")) is None:
+        return _missing("recipe_accuracy")
+    path, r = found
+    lines = ["| recipe | validation | test |", "| --- | ---: | ---: |"]
+    for name, run in r["runs"].items():
+        mark = " (chosen)" if name == r["winner"] else ""
+        lines.append(f"| `{name}`{mark} | {100 * run['val_accuracy']:.2f}% | {100 * run['test_accuracy']:.2f}% |")
+    return "\n".join(lines) + f"\n\n`{r['experiment']}`, {r['epochs']} epochs each; {hardware(r)}; {_link(path, base)}."
+
+
+def time_to_accuracy(base: Path = ROOT) -> str:
+    """Start-up, the loop against its step, whole runs against PyTorch and the speedruns, one line each."""
+    lines, machines = [], set()
+    if (found := _single("startup-lenet")) is not None:
+        path, r = found
+        lines.append(f"- First training step of `lenet`: **{r['first_step_cold_cache_s']:.1f} s** after the command "
+                     f"(empty compilation cache; {r['first_step_warm_cache_s']:.1f} s with it warm; imports "
+                     f"{r['imports_s']:.1f} s) ({_link(path, base)})")  # fmt: skip
+        machines.add(hardware(r))
+    if (found := _single("loop_overhead")) is not None:
+        path, r = found
+        parts = [f"`{name}` {100 * e['overhead']:.1f}% ({e['loop_images_per_sec']:,.0f} vs "
+                 f"{e['step_images_per_sec']:,.0f} images/s)" for name, e in r["experiments"].items()]  # fmt: skip
+        lines.append(
+            f"- The training loop's overhead over its jitted step alone (loop vs step): {', '.join(parts)} ({_link(path, base)})"
+        )
+        machines.add(hardware(r))
+    if (found := _single("whole_run_vs_pytorch")) is not None:
+        path, r = found
+        parts = [f"`{name}` ({e['epochs']} epochs) **{e['ratio']:.2f}x** ({e['cnnjax_s']:.0f} s vs {e['torch_s']:.0f} s)"
+                 for name, e in r["experiments"].items()]  # fmt: skip
+        lines.append(f"- Whole runs against PyTorch {r['torch']} eager doing the same work: {', '.join(parts)} "
+                     f"({_link(path, base)})")  # fmt: skip
+        machines.add(hardware(r))
+    for path, r in _results("speedrun"):
+        runs = ", ".join(f"{100 * run['test_accuracy']:.2f}% in {run['wall_s']:.0f} s" for run in r["runs"])
+        seeds = ", ".join(str(run["seed"]) for run in r["runs"])
+        lines.append(f"- `{r['command'].split('=')[-1]}`, {100 * r['target_accuracy']:.0f}% test in "
+                     f"{_minutes(r['target_seconds'])}: {'met' if r['met'] else '**not met**'} for seeds {seeds} "
+                     f"({runs}) ({_link(path, base)})")  # fmt: skip
+        machines.add(hardware(r))
+    if not lines:
+        return _missing("startup")
+    return "\n".join(lines) + f"\n\n{'; '.join(sorted(machines))}."
+
+
 BLOCKS = {
+    "recipe_accuracy": recipe_accuracy,
+    "time_to_accuracy": time_to_accuracy,
     "recipe_cost": recipe_cost,
     "fault_injection": fault_injection,
     "experiments": experiments_table,
