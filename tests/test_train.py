@@ -272,6 +272,25 @@ def launch(*args):
     return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.parametrize(
+    "speedrun, base, changed",
+    [
+        ("speedrun_90", "lenet", {"optim.learning_rate", "data.test_time_shift", "train.num_epochs", "train.eval_every"}),
+        ("speedrun_94", "resnet9", {"train.num_epochs", "train.eval_every"}),
+    ],
+)
+def test_speedruns_are_their_experiments_with_a_shorter_schedule(speedrun, base, changed):
+    import importlib
+
+    from cnnjax.config import flat_keys
+
+    fast, slow = (importlib.import_module(f"experiments.{name}").get_config() for name in (speedrun, base))
+    value = lambda config, key: functools.reduce(getattr, key.split("."), config)  # noqa: E731
+    assert {key for key in flat_keys(fast) if value(fast, key) != value(slow, key)} == changed
+    assert fast.train.eval_every == fast.train.num_epochs < slow.train.num_epochs  # one validation, at the end
+    train.check_config(fast)
+
+
 def test_launcher_overrides_summary_and_errors():
     result = launch("--experiment=lenet", "--summary", "--config.model.filters=(8, 32)", "--config.model.kernel_size=3")
     assert result.returncode == 0, result.stderr[-2000:]
