@@ -129,8 +129,11 @@ def main(argv):
             known = ("; set --config.data.image_size and --config.data.channels" if config.data.name == "image_folder"
                      else ", which is not known offline")  # fmt: skip
             sys.exit(f"--summary needs the input shape of data.name={config.data.name!r}{known}")
-        model = models.get(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
-        print(summary.format_summary(summary.summarize(model, shape)))
+        try:
+            model = models.get(config.model.name, **{k: v for k, v in config.model.items() if k != "name"})
+            print(summary.format_summary(summary.summarize(model, shape)))
+        except ValueError as error:  # a model field that cannot work: one line naming it
+            sys.exit(f"error: {error}")
         if config.train.freeze:
             params = models.abstract_init(model, shape)["params"]
             try:

@@ -775,6 +775,54 @@ def uniform_range(low: float, high: float):
     return init
 
 
+_FAN_SCALED = {"lecun_normal": lecun_normal, "lecun_uniform": lecun_uniform, "glorot_normal": glorot_normal,
+               "glorot_uniform": glorot_uniform, "he_normal": he_normal, "he_uniform": he_uniform}  # fmt: skip
+_WITH_VALUE = {
+    "truncated_normal": lambda stddev: truncated_normal(stddev),
+    "uniform": lambda limit: uniform_range(-limit, limit),
+    "constant": lambda value: jax.nn.initializers.constant(value),
+}
+INITIALIZER_NAMES = (*_FAN_SCALED, "truncated_normal:STDDEV", "uniform:LIMIT", "zeros", "constant:VALUE")
+
+
+def initializer(spec: str, key: str = "initializer"):
+    """The initializer a config names: 'lecun_normal', 'lecun_uniform', 'glorot_normal', 'glorot_uniform',
+    'he_normal', 'he_uniform' (scaled by the fans), 'truncated_normal:STDDEV' (truncated at +-2 stddev),
+    'uniform:LIMIT' (uniform in [-LIMIT, LIMIT), e.g. 'uniform:0.3'), 'zeros' or 'constant:VALUE'.
+
+    Args:
+      spec: the name, with its value after a colon where it takes one.
+      key: the config key it came from, for the error message (e.g. 'model.kernel_init').
+
+    Returns:
+      (key, shape, dtype) -> array, with its ``spec`` as an attribute (the summary shows it).
+
+    Raises:
+      ValueError: one line naming ``key``, the bad value and the accepted forms.
+    """
+    name, _, value = spec.partition(":")
+    try:
+        if name in _FAN_SCALED and not value:
+            made = _FAN_SCALED[name]()
+        elif name == "zeros" and not value:
+            made = zeros
+        elif name in _WITH_VALUE and value:
+            number = float(value)
+            if not math.isfinite(number) or (name != "constant" and number <= 0):
+                raise ValueError
+            made = _WITH_VALUE[name](number)
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{key}={spec!r} is not an initializer: use one of {', '.join(INITIALIZER_NAMES)}") from None
+
+    def init(rng, shape, dtype=jnp.float32):
+        return made(rng, shape, dtype)
+
+    init.spec = spec
+    return init
+
+
 def lecun98_uniform(scale: float = 2.4, *, fan_in: float | None = None):
     """LeNet-5's initializer: uniform in ``+-scale / fan_in`` (1998 paper, appendix C).
 

@@ -107,8 +107,10 @@ def summarize(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> li
 
     Each row: ``name`` (module path), ``type``, ``output_shape`` (without the batch), ``params`` (all, fixed ones
     included), ``trainable`` (those in the ``params`` collection), ``connections``, ``flops`` and
-    ``receptive_field`` (h, w) in input pixels. Receptive fields follow the layers in call order, each layer reading
-    the latest output of the shape it receives: exact for chains, an estimate inside branching blocks.
+    ``receptive_field`` (h, w) in input pixels, and ``init``: the layer's 'kernel / bias' initializer names where the
+    model takes them from its config (``model.kernel_init``, ``model.bias_init``). Receptive fields follow the layers
+    in call order, each layer reading the latest output of the shape it receives: exact for chains, an estimate
+    inside branching blocks.
     """
     image_shape = tuple(input_shape[-3:])
     calls = []
@@ -146,14 +148,23 @@ def summarize(model: nn.Module, input_shape: Sequence[int], **call_kwargs) -> li
                 "connections": connections,
                 "flops": flops,
                 "receptive_field": tuple(int(r) for r in rf),
+                "init": _init_names(module),
             }
         )
     return rows
 
 
+def _init_names(module) -> str:
+    """'kernel / bias' initializer names of a layer built from config names (functional.initializer), else ''."""
+    names = [getattr(getattr(module, f"{part}_init", None), "spec", None) for part in ("kernel", "bias")]
+    if names[1] is not None and not getattr(module, "use_bias", True):
+        names[1] = None
+    return " / ".join(name for name in names if name is not None)
+
+
 def format_summary(rows: list[dict]) -> str:
     """The rows of :func:`summarize` as a text table with totals."""
-    header = ("layer", "type", "output", "params", "trainable", "connections", "FLOPs", "RF")
+    header = ("layer", "type", "output", "params", "trainable", "connections", "FLOPs", "RF", "init")
     lines = [
         (
             r["name"],
@@ -164,11 +175,14 @@ def format_summary(rows: list[dict]) -> str:
             f"{r['connections']:,}",
             f"{r['flops']:,}",
             "x".join(map(str, r["receptive_field"])),
+            r.get("init", ""),
         )
         for r in rows
     ]
     totals = {key: sum(r[key] for r in rows) for key in ("params", "trainable", "connections", "flops")}
-    lines.append(("total", "", "", *(f"{totals[k]:,}" for k in ("params", "trainable", "connections", "flops")), ""))
+    lines.append(
+        ("total", "", "", *(f"{totals[k]:,}" for k in ("params", "trainable", "connections", "flops")), "", "")
+    )
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
     rule = "  ".join("-" * w for w in widths)
     table = [header, None, *lines[:-1], None, lines[-1]]
@@ -177,7 +191,9 @@ def format_summary(rows: list[dict]) -> str:
         out.append(
             rule
             if line is None
-            else "  ".join(f"{cell:<{w}}" if i < 2 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(line, widths)))
+            else "  ".join(
+                f"{cell:<{w}}" if i < 2 or i == 8 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(line, widths))
+            ).rstrip()
         )
     fixed = totals["params"] - totals["trainable"]
     out.append(f"{totals['params']:,} parameters: {totals['trainable']:,} trainable, {fixed:,} fixed")

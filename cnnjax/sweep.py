@@ -340,11 +340,16 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
             checkpoints[m].save_best(tested_step, _member(tested, m), metas[m])
             writer.write({"kind": "test", "step": step, "test_loss": test[m].loss,
                           "test_accuracy": test[m].accuracy, "test_top5_accuracy": test[m].top5_accuracy})  # fmt: skip
-        writer.close()
+            title = f"{config.model.name} (vectorized): test accuracy {100 * test[m].accuracy:.2f}%"
+            writer.figure("test/confusion_matrix", plots.confusion_figure(test[m].confusion, splits.class_names,
+                                                                          title), step)  # fmt: skip
         checkpoints[m].close()
         records = metrics.read_records(workdir / "metrics.jsonl")
         if records:
-            plots.learning_curves(records, workdir / "learning_curves.png", title=f"{config.model.name} (vectorized)")
+            curves = plots.learning_curves(
+                records, workdir / "learning_curves.png", f"{config.model.name} (vectorized)"
+            )
+            writer.figure("learning_curves", curves, step)
         common = {"executor": "vectorized", "group_size": k, "budget": stopped}
         common["stopped"] = "budget" if stopped else ("early_stopping" if metas[m]["stopped_early"] else "num_epochs")
         if alive_host[m]:
@@ -359,6 +364,9 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
             result = {"status": "diverged", "test_accuracy": None, "test_loss": None, "best_epoch": best_epoch,
                       "val_accuracy": metas[m]["best_val_accuracy"] if best_epoch else None, "epochs": epochs,
                       "params": train.count_params(_member(best_params, m)), "error": error, **common}  # fmt: skip
+        writer.hyperparameters(config.to_dict(), {key: result[key] for key in ("test_accuracy", "test_loss",
+                                                  "val_accuracy") if result.get(key) is not None})  # fmt: skip
+        writer.close()
         metrics.write_json(workdir / "results.json", result)
         results.append(result)
     return results

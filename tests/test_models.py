@@ -206,3 +206,42 @@ def test_presets_are_listed_configurable_and_named_in_errors():
     assert (section.name, section.depth, section.stem, section.num_classes) == ("resnet18", 18, "imagenet", 100)
     with pytest.raises(ValueError, match="unknown model 'resnet19'. Did you mean resnet9, resnet18"):
         models.get("resnet19")
+
+
+def test_initializers_by_name_and_their_errors():
+    shape = (3, 3, 16, 64)  # fan_in 144
+    draw = lambda spec: np.asarray(F.initializer(spec)(KEY, shape))  # noqa: E731
+    uniform = draw("uniform:0.3")
+    assert -0.3 <= uniform.min() < -0.29 and 0.29 < uniform.max() < 0.3
+    assert np.all(draw("constant:0.1") == np.float32(0.1)) and not draw("zeros").any()
+    truncated = draw("truncated_normal:0.02")
+    assert np.abs(truncated).max() <= 0.04 and 0.015 < truncated.std() < 0.02
+    assert draw("he_normal").var() == pytest.approx(2 / 144, rel=0.1)
+    assert draw("glorot_uniform").var() == pytest.approx(2 / (144 + 576), rel=0.1)
+    assert F.initializer("lecun_normal").spec == "lecun_normal"
+    for bad in ("gaussian", "uniform", "uniform:-1", "constant:x", "he_normal:2", "truncated_normal:nan"):
+        with pytest.raises(ValueError, match=f"model.bias_init='{bad}' is not an initializer: use one of lecun_normal"):
+            F.initializer(bad, "model.bias_init")
+
+
+@pytest.mark.parametrize(
+    "name, fields, shape",
+    [("lenet", {}, (28, 28, 1)), ("cifar_cnn", {}, (32, 32, 3)), ("vgg", {"depth": 11}, (32, 32, 3)),
+     ("resnet", {"depth": 20}, (28, 28, 1)), ("resnet9", {"width": 8}, (28, 28, 1))],
+)  # fmt: skip
+def test_models_take_their_initializers_from_the_config(name, fields, shape):
+    model = models.get(name, kernel_init="uniform:0.3", bias_init="constant:0.1", **fields)
+    params = model.init(KEY, jnp.zeros((1, *shape)))["params"]
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    kernels = [np.asarray(v) for p, v in leaves if "kernel" in jax.tree_util.keystr(p)]
+    biases = [np.asarray(v) for p, v in leaves if jax.tree_util.keystr(p).endswith("['bias']") and "norm" not in
+              jax.tree_util.keystr(p)]  # fmt: skip
+    assert kernels and all(np.abs(k).max() <= 0.3 for k in kernels) and max(np.abs(k).max() for k in kernels) > 0.29
+    assert biases and all(np.all(b == np.float32(0.1)) for b in biases)
+    rows = summary.summarize(model, shape)
+    assert {r["init"] for r in rows if r["type"] in ("Conv2D", "Dense")} <= {"uniform:0.3 / constant:0.1", "uniform:0.3"}
+    default = summary.summarize(models.get(name, **fields), shape)
+    expected = {"lecun_normal / zeros"} if name in ("lenet", "cifar_cnn") else {"he_normal", "lecun_normal / zeros"}
+    assert {r["init"] for r in default if r["type"] in ("Conv2D", "Dense")} == expected
+    with pytest.raises(ValueError, match="model.kernel_init='normal' is not an initializer"):
+        models.abstract_init(models.get(name, kernel_init="normal", **fields), shape)

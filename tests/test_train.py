@@ -355,6 +355,9 @@ def test_a_vectorized_group_keeps_the_budget(tmp_path):
     for trial in sweep.trial_dirs(tmp_path / "s", sweep.grid(**{"optim.learning_rate": [1e-3, 2e-3]})):
         results = json.loads((trial / "results.json").read_text())
         assert results["stopped"] == "budget" and results["executor"] == "vectorized"
+        events = b"".join(p.read_bytes() for p in (trial / "tensorboard").glob("events.out.*"))  # a member's loggers
+        assert b"test/confusion_matrix" in events and b"learning_curves" in events
+        assert list((trial / "tensorboard").glob("hparams/events.out.*"))
     assert all(r["status"] == "done" for r in rows)
 
 

@@ -31,7 +31,15 @@ def normalization(kind: str, train: bool, name: str):
     raise ValueError(f"model.norm must be one of {NORMS}, got {kind!r}")
 
 
-def conv_norm_relu(x, features: int, kernel, *, name: str, norm: str, train: bool, stride=1, padding="SAME"):
+def initializers(kernel_init: str, bias_init: str = "zeros") -> dict:
+    """The ``kernel_init`` and ``bias_init`` keyword arguments of Conv2D and Dense from their config names
+    (``model.kernel_init``, ``model.bias_init``; :func:`cnnjax.functional.initializer`)."""
+    return {"kernel_init": F.initializer(kernel_init, "model.kernel_init"),
+            "bias_init": F.initializer(bias_init, "model.bias_init")}  # fmt: skip
+
+
+def conv_norm_relu(x, features: int, kernel, *, name: str, norm: str, train: bool, stride=1, padding="SAME",
+                   init: dict | None = None):  # fmt: skip
     """Conv2D (no bias when normalized) -> normalization -> ReLU, called inside a Flax ``@nn.compact`` method.
 
     Args:
@@ -42,11 +50,11 @@ def conv_norm_relu(x, features: int, kernel, *, name: str, norm: str, train: boo
       norm: as :func:`normalization`'s ``kind``.
       train: as :func:`normalization`'s.
       stride, padding: as for :func:`cnnjax.functional.conv2d`.
+      init: the conv's :func:`initializers` (default He normal).
 
     Returns:
       (N, H_out, W_out, O).
     """
-    conv = cnn.Conv2D(
-        features, kernel, stride=stride, padding=padding, use_bias=norm == "none", kernel_init=F.he_normal(), name=name
-    )
+    init = init or initializers("he_normal")
+    conv = cnn.Conv2D(features, kernel, stride=stride, padding=padding, use_bias=norm == "none", name=name, **init)
     return F.relu(normalization(norm, train, f"{name}_norm")(conv(x)))

@@ -8,6 +8,7 @@ import flax.linen as nn
 
 from cnnjax import functional as F
 from cnnjax import nn as cnn
+from cnnjax.models.blocks import initializers
 from cnnjax.models.lenet import per_layer
 
 
@@ -30,20 +31,24 @@ class CifarCNN(nn.Module):
     pool2_stride: int = 2
     lrn: bool = True
     dropout: float = 0.0
+    kernel_init: str = "lecun_normal"  # every layer's (functional.initializer names)
+    bias_init: str = "zeros"
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
+        init = initializers(self.kernel_init, self.bias_init)
+
         def norm(y, name):
             return cnn.LRN(depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name=name)(y) if self.lrn else y
 
         conv1, conv2 = per_layer(self.filters, 2, "filters")
-        x = F.relu(cnn.Conv2D(conv1, self.kernel_size, padding="SAME", name="conv1")(x))
+        x = F.relu(cnn.Conv2D(conv1, self.kernel_size, padding="SAME", name="conv1", **init)(x))
         x = norm(cnn.MaxPool2D(3, stride=2, padding="SAME", name="pool1")(x), "norm1")
-        x = norm(F.relu(cnn.Conv2D(conv2, self.kernel_size, padding="SAME", name="conv2")(x)), "norm2")
+        x = norm(F.relu(cnn.Conv2D(conv2, self.kernel_size, padding="SAME", name="conv2", **init)(x)), "norm2")
         x = cnn.MaxPool2D(self.pool2_size, stride=self.pool2_stride, padding="SAME", name="pool2")(x)
         x = F.flatten(x)
         for i, features in enumerate(self.hidden, start=1):
-            x = F.relu(cnn.Dense(features, name=f"fc{i}")(x))
+            x = F.relu(cnn.Dense(features, name=f"fc{i}", **init)(x))
             x = cnn.Dropout(self.dropout, deterministic=not train)(x)
-        return cnn.Dense(self.num_classes, name="logits")(x)
+        return cnn.Dense(self.num_classes, name="logits", **init)(x)

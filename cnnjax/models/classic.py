@@ -13,7 +13,7 @@ import flax.linen as nn
 
 from cnnjax import functional as F
 from cnnjax import nn as cnn
-from cnnjax.models.blocks import conv_norm_relu
+from cnnjax.models.blocks import conv_norm_relu, initializers
 
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -76,10 +76,14 @@ class VGG(nn.Module):
     head: str = "cifar"
     hidden: int = 256
     dropout: float = 0.5
+    kernel_init: str = ""  # every layer's (functional.initializer names); '': He normal convs, LeCun normal dense
+    bias_init: str = "zeros"
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
+        conv_init = initializers(self.kernel_init or "he_normal", self.bias_init)
+        dense_init = initializers(self.kernel_init or "lecun_normal", self.bias_init)
         if self.depth not in VGG_LAYERS:
             raise ValueError(f"model.depth={self.depth}: VGG has depth {sorted(VGG_LAYERS)}")
         conv_index = pool_index = 0
@@ -90,17 +94,19 @@ class VGG(nn.Module):
             else:
                 conv_index += 1
                 features = max(1, int(layer * self.width))
-                x = conv_norm_relu(x, features, 3, name=f"conv{conv_index}", norm=self.norm, train=train)
+                x = conv_norm_relu(x, features, 3, name=f"conv{conv_index}", norm=self.norm, train=train,
+                                   init=conv_init)  # fmt: skip
         if self.head == "imagenet":
             x = F.flatten(x)
             for i in (1, 2):
-                x = cnn.Dropout(self.dropout, deterministic=not train)(F.relu(cnn.Dense(4096, name=f"fc{i}")(x)))
+                dense = cnn.Dense(4096, name=f"fc{i}", **dense_init)
+                x = cnn.Dropout(self.dropout, deterministic=not train)(F.relu(dense(x)))
         elif self.head == "cifar":
-            x = F.relu(cnn.Dense(self.hidden, name="fc1")(cnn.GlobalAvgPool(name="gap")(x)))
+            x = F.relu(cnn.Dense(self.hidden, name="fc1", **dense_init)(cnn.GlobalAvgPool(name="gap")(x)))
             x = cnn.Dropout(self.dropout, deterministic=not train)(x)
         else:
             raise ValueError(f"model.head must be 'imagenet' or 'cifar', got {self.head!r}")
-        return cnn.Dense(self.num_classes, name="logits")(x)
+        return cnn.Dense(self.num_classes, name="logits", **dense_init)(x)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 
 from cnnjax import functional as F
 from cnnjax import nn as cnn
+from cnnjax.models.blocks import initializers
 
 # LeNet-5's Table I: which of S2's 6 maps (rows) feed each of C3's 16 maps (columns).
 C3_TABLE = np.array(
@@ -116,7 +117,8 @@ class LeNet(nn.Module):
 
     Defaults: conv5x5x6 (SAME) - pool2 - conv5x5x16 (VALID) - pool2 - 120 - 84 - 10, ReLU and max pooling.
     ``kernel_size``, ``pool_size`` and ``padding`` take one value for all conv layers or one per layer; ``dropout``
-    (drop probability) is applied before each dense layer in training. (N, H, W, C) -> logits (N, num_classes).
+    (drop probability) is applied before each dense layer in training. ``kernel_init`` and ``bias_init`` name every
+    layer's initializers (:func:`cnnjax.functional.initializer`). (N, H, W, C) -> logits (N, num_classes).
     """
 
     filters: Sequence[int] = (6, 16)
@@ -127,10 +129,13 @@ class LeNet(nn.Module):
     hidden: Sequence[int] = (120, 84)
     padding: str | Sequence = ("SAME", "VALID")
     dropout: float = 0.0
+    kernel_init: str = "lecun_normal"  # every layer's (functional.initializer names, e.g. 'uniform:0.3')
+    bias_init: str = "zeros"
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
+        init = initializers(self.kernel_init, self.bias_init)
         pools = {"max": cnn.MaxPool2D, "avg": cnn.AvgPool2D}
         if self.pool not in pools:
             raise ValueError(f"model.pool must be one of {sorted(pools)}, got {self.pool!r}")
@@ -143,11 +148,11 @@ class LeNet(nn.Module):
             per_layer(self.padding, n, "padding"),
         )
         for i, (features, kernel, pool, padding) in enumerate(layers, start=1):
-            x = act(cnn.Conv2D(features, kernel, padding=padding, name=f"conv{i}")(x))
+            x = act(cnn.Conv2D(features, kernel, padding=padding, name=f"conv{i}", **init)(x))
             x = pools[self.pool](pool, name=f"pool{i}")(x)
         x = F.flatten(x)
         for i, features in enumerate(self.hidden, start=1):
             x = cnn.Dropout(self.dropout, deterministic=not train)(x)
-            x = act(cnn.Dense(features, name=f"fc{i}")(x))
+            x = act(cnn.Dense(features, name=f"fc{i}", **init)(x))
         x = cnn.Dropout(self.dropout, deterministic=not train)(x)
-        return cnn.Dense(self.num_classes, name="logits")(x)
+        return cnn.Dense(self.num_classes, name="logits", **init)(x)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from cnnjax import functional as F
 from cnnjax import nn as cnn
-from cnnjax.models.blocks import conv_norm_relu, normalization
+from cnnjax.models.blocks import conv_norm_relu, initializers, normalization
 
 IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -25,22 +25,16 @@ class BasicBlock(nn.Module):
     shortcut: str  # 'projection' | 'zero_pad'
     norm: str
     train: bool
+    kernel_init: str = "he_normal"
 
     @nn.compact
     def __call__(self, x):
-        y = cnn.Conv2D(
-            self.features,
-            3,
-            stride=self.stride,
-            padding="SAME",
-            use_bias=False,
-            kernel_init=F.he_normal(),
-            name="conv1",
-        )(x)
+        init = initializers(self.kernel_init)
+        y = cnn.Conv2D(self.features, 3, stride=self.stride, padding="SAME", use_bias=False, name="conv1", **init)(x)
         y = F.relu(normalization(self.norm, self.train, "norm1")(y))
-        y = cnn.Conv2D(self.features, 3, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name="conv2")(y)
+        y = cnn.Conv2D(self.features, 3, padding="SAME", use_bias=False, name="conv2", **init)(y)
         y = normalization(self.norm, self.train, "norm2")(y)
-        return F.relu(y + shortcut(x, self.features, self.stride, self.shortcut, self.norm, self.train))
+        return F.relu(y + shortcut(x, self.features, self.stride, self.shortcut, self.norm, self.train, init))
 
 
 class Bottleneck(nn.Module):
@@ -51,19 +45,19 @@ class Bottleneck(nn.Module):
     shortcut: str
     norm: str
     train: bool
+    kernel_init: str = "he_normal"
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k, s, name: cnn.Conv2D(
-            f, k, stride=s, padding="SAME", use_bias=False, kernel_init=F.he_normal(), name=name
-        )  # noqa: E731
+        init = initializers(self.kernel_init)
+        conv = lambda f, k, s, name: cnn.Conv2D(f, k, stride=s, padding="SAME", use_bias=False, name=name, **init)  # noqa: E731
         y = F.relu(normalization(self.norm, self.train, "norm1")(conv(self.features, 1, 1, "conv1")(x)))
         y = F.relu(normalization(self.norm, self.train, "norm2")(conv(self.features, 3, self.stride, "conv2")(y)))
         y = normalization(self.norm, self.train, "norm3")(conv(4 * self.features, 1, 1, "conv3")(y))
-        return F.relu(y + shortcut(x, 4 * self.features, self.stride, self.shortcut, self.norm, self.train))
+        return F.relu(y + shortcut(x, 4 * self.features, self.stride, self.shortcut, self.norm, self.train, init))
 
 
-def shortcut(x, features: int, stride: int, kind: str, norm: str, train: bool):
+def shortcut(x, features: int, stride: int, kind: str, norm: str, train: bool, init: dict):
     """A residual block's shortcut branch.
 
     Args:
@@ -72,6 +66,7 @@ def shortcut(x, features: int, stride: int, kind: str, norm: str, train: bool):
       stride: the block's stride.
       kind: 'projection' (1x1 conv + norm) or 'A' (subsample, zero-pad the new channels: He et al.'s option A).
       norm, train: as for :func:`cnnjax.models.blocks.normalization`.
+      init: the projection's initializers (:func:`cnnjax.models.blocks.initializers`).
 
     Returns:
       (N, H / stride, W / stride, O): ``x`` itself when the shapes already agree.
@@ -81,7 +76,7 @@ def shortcut(x, features: int, stride: int, kind: str, norm: str, train: bool):
     if kind == "zero_pad":
         x = x[:, ::stride, ::stride, :]
         return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, features - x.shape[-1])))
-    x = cnn.Conv2D(features, 1, stride=stride, use_bias=False, kernel_init=F.he_normal(), name="shortcut")(x)
+    x = cnn.Conv2D(features, 1, stride=stride, use_bias=False, name="shortcut", **init)(x)
     return normalization(norm, train, "shortcut_norm")(x)
 
 
@@ -98,27 +93,30 @@ class ResNet(nn.Module):
     stem: str = "cifar"
     width: int = 0  # 0: 16 for the CIFAR family, 64 for ImageNet
     norm: str = "batch"
+    kernel_init: str = ""  # every layer's (functional.initializer names); '': He normal convs, LeCun normal dense
+    bias_init: str = "zeros"
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         stages, block, shortcut_kind, width = self._plan()
-        init = F.he_normal()
+        conv_init = self.kernel_init or "he_normal"
+        init = initializers(conv_init)
         if self.stem == "imagenet":
-            x = cnn.Conv2D(width, 7, stride=2, padding=3, use_bias=False, kernel_init=init, name="stem")(x)
+            x = cnn.Conv2D(width, 7, stride=2, padding=3, use_bias=False, name="stem", **init)(x)
             x = F.relu(normalization(self.norm, train, "stem_norm")(x))
             x = cnn.MaxPool2D(3, stride=2, padding=1, name="stem_pool")(x)
         else:
-            x = cnn.Conv2D(width, 3, padding="SAME", use_bias=False, kernel_init=init, name="stem")(x)
+            x = cnn.Conv2D(width, 3, padding="SAME", use_bias=False, name="stem", **init)(x)
             x = F.relu(normalization(self.norm, train, "stem_norm")(x))
         for stage, blocks in enumerate(stages):
             for index in range(blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
-                x = block(
-                    width * 2**stage, stride, shortcut_kind, self.norm, train, name=f"stage{stage + 1}_block{index + 1}"
-                )(x)
+                x = block(width * 2**stage, stride, shortcut_kind, self.norm, train, conv_init,
+                          name=f"stage{stage + 1}_block{index + 1}")(x)  # fmt: skip
         x = cnn.GlobalAvgPool(name="pool")(x)
-        return cnn.Dense(self.num_classes, name="logits")(x)
+        dense_init = initializers(self.kernel_init or "lecun_normal", self.bias_init)
+        return cnn.Dense(self.num_classes, name="logits", **dense_init)(x)
 
     def _plan(self):
         """(blocks per stage, block class, shortcut kind, base width) for this depth and stem."""
@@ -147,12 +145,16 @@ class ResNet9(nn.Module):
     width: int = 64
     norm: str = "batch"
     output_scale: float = 0.125
+    kernel_init: str = ""  # every layer's (functional.initializer names); '': He normal convs, LeCun normal dense
+    bias_init: str = "zeros"
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
+        conv_init = initializers(self.kernel_init or "he_normal", self.bias_init)
+
         def conv(x, scale: int, name: str):
-            return conv_norm_relu(x, scale * self.width, 3, name=name, norm=self.norm, train=train)
+            return conv_norm_relu(x, scale * self.width, 3, name=name, norm=self.norm, train=train, init=conv_init)
 
         x = conv(x, 1, "prep")
         x = cnn.MaxPool2D(2, name="pool1")(conv(x, 2, "layer1"))
@@ -161,4 +163,5 @@ class ResNet9(nn.Module):
         x = cnn.MaxPool2D(2, name="pool3")(conv(x, 8, "layer3"))
         x = x + conv(conv(x, 8, "residual3a"), 8, "residual3b")
         x = cnn.GlobalMaxPool(name="pool")(x)
-        return cnn.Dense(self.num_classes, name="logits")(x) * self.output_scale
+        dense_init = initializers(self.kernel_init or "lecun_normal", self.bias_init)
+        return cnn.Dense(self.num_classes, name="logits", **dense_init)(x) * self.output_scale
