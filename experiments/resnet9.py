@@ -20,5 +20,7 @@ def get_config():
     modern_recipe(config, learning_rate=0.1, num_epochs=20)
     config.data.random_flip = False
     config.data.test_time_shift = 1  # evaluation averages each image and its 1-pixel shifts (+0.35% test accuracy)
+    # YNNPACK for its batch norms' reductions too: 1.35x the step's speed with cnnjax's default (bench/xla_options.py)
+    config.train.xla_cpu_ynn_fusion = "individual_dot,reduce"
     config.lock()
     return config
