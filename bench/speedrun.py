@@ -53,11 +53,18 @@ def main() -> None:
               f"in {r['wall_s']:.1f} s (first step at {r['first_step_s']:.1f} s, training {r['train_time_s']:.1f} s)")  # fmt: skip
     path = workloads.write_result(
         f"speedrun-{args.experiment}",
-        {"command": f"python launch.py --experiment={args.experiment}", "target_accuracy": target,
-         "target_seconds": seconds, "met": met, "runs": runs},  # fmt: skip
+        {
+            "command": f"python launch.py --experiment={args.experiment}",
+            "target_accuracy": target,
+            "target_seconds": seconds,
+            "met": met,
+            "runs": runs,
+        },  # fmt: skip
     )
-    print(f"{args.experiment}: {100 * target:.0f}% test in {seconds:.0f} s for seeds {args.seeds}: "
-          f"{'met' if met else 'NOT met'}; wrote {path}")
+    print(
+        f"{args.experiment}: {100 * target:.0f}% test in {seconds:.0f} s for seeds {args.seeds}: "
+        f"{'met' if met else 'NOT met'}; wrote {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def torch_run(name: str, epochs: int, workdir: Path) -> dict:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     else:  # lenet: Adam 2e-3, cosine
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    cosine = lambda t: t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))  # noqa: E731
+    cosine = lambda t: (
+        t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(1, total - warmup)))
+    )  # noqa: E731
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
     loss_fn = torch.nn.CrossEntropyLoss()
 

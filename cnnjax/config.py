@@ -105,7 +105,11 @@ def base_config() -> ml_collections.ConfigDict:
             "eval_every": 1,  # epochs between validation passes
             "checkpoint_every": 0,  # steps between extra mid-epoch checkpoints (0: only at epoch ends)
             "keep_checkpoints": 3,
-            "early_stopping_patience": 0,  # evaluations without a better validation accuracy (0: never stop)
+            "early_stopping_patience": 0,  # evaluations without a better validation metric (0: never stop)
+            "early_stopping_metric": "val_accuracy",  # val_accuracy | val_loss: what 'better' (and the best epoch) means
+            "early_stopping_min_delta": 0.0,  # an improvement smaller than this does not count
+            "stop_train_loss": 0.0,  # > 0: converged when an epoch's training loss is at or below this
+            "stop_grad_norm": 0.0,  # > 0: converged when the gradient norm's moving average is at or below this
             "ema_decay": 0.0,  # > 0: evaluate, test and predict with an exponential moving average of the weights
             "grad_accum_steps": 1,  # micro-batches of batch_size / k per optimizer step (batch norm sees them)
             "max_steps": 0,  # > 0: stop (checkpoint, validate, test) after this many training steps
@@ -225,6 +229,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(train.limit_batches >= 0, "train.limit_batches", train.limit_batches, "must be >= 0 (0: every batch)")
     patience = train.early_stopping_patience
     _check(patience >= 0, "train.early_stopping_patience", patience, "must be >= 0")
+    _check(train.early_stopping_metric in ("val_accuracy", "val_loss"), "train.early_stopping_metric",
+           train.early_stopping_metric, "must be 'val_accuracy' or 'val_loss'")  # fmt: skip
+    for key in ("early_stopping_min_delta", "stop_train_loss", "stop_grad_norm"):
+        _check(train[key] >= 0, f"train.{key}", train[key], "must be >= 0 (0: off)")
     try:
         re.compile(train.freeze)
     except re.error as error:

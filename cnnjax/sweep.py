@@ -274,7 +274,7 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
                                     limit=c.limit_batches)  # fmt: skip
     preemption.start_polling()
     for epoch in range(step // steps_per_epoch, c.num_epochs):
-        if not any(meta["alive"] and not meta["stopped_early"] for meta in metas):
+        if not any(meta["alive"] and not meta["stopped_early"] and not meta.get("converged") for meta in metas):
             break
         if stopped := budget.spent(step, check_time=False):
             break
@@ -300,10 +300,12 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
             state["plateau"] = plateau_steps(state["plateau"], jnp.asarray([v.loss for v in val], jnp.float32))
         train_time += elapsed
         alive_host, learning_rates = np.asarray(alive), np.asarray(step_metrics["learning_rate"])
-        running = [alive_host[m] and not metas[m]["stopped_early"] for m in range(k)]
-        improved = np.array([running[m] and has_validation and
-                             train.update_best(metas[m], epoch + 1, val[m].accuracy, c.early_stopping_patience)
+        running = [alive_host[m] and not metas[m]["stopped_early"] and not metas[m].get("converged")
+                   for m in range(k)]  # fmt: skip
+        improved = np.array([running[m] and has_validation and train.update_best(metas[m], epoch + 1, val[m], c)
                              for m in range(k)])  # fmt: skip
+        for m in np.flatnonzero(running):  # a converged member keeps its best; the group trains on
+            train.converged(c, metas[m], epoch + 1, step, sums[m][0] / sums[m][2])
         best_params = _where_members(improved, view["params"], best_params)
         for m in np.flatnonzero(improved):
             metas[m]["best_step"] = step
@@ -350,8 +352,8 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
                 records, workdir / "learning_curves.png", f"{config.model.name} (vectorized)"
             )
             writer.figure("learning_curves", curves, step)
-        common = {"executor": "vectorized", "group_size": k, "budget": stopped}
-        common["stopped"] = "budget" if stopped else ("early_stopping" if metas[m]["stopped_early"] else "num_epochs")
+        common = {"executor": "vectorized", "group_size": k, "budget": stopped, "stopped": train.stop_reason(metas[m], stopped),
+                  "convergence": metas[m].get("converged")}  # fmt: skip
         if alive_host[m]:
             result = train.run_results(
                 test[m], splits.class_names, metas[m] if has_validation else None, epochs=epochs,
@@ -495,7 +497,9 @@ def _run_trials(configs: list, dirs: list[Path], executor: str, only: int | None
     metrics.log_line(f"sweep of {len(configs)} trials in {sweep_dir}: {len(todo)} to run ({executor})")
     groups: dict[str, list[int]] = {}  # trials that run alone are groups of one, in trial order
     for i in todo:
-        key = group_key(configs[i]) if vectorizes(executor, configs[i].data.batch_size) else str(i)
+        # train.stop_grad_norm watches each step's gradient norm, which a group logs only at its epochs' ends
+        vectorized = vectorizes(executor, configs[i].data.batch_size) and not configs[i].train.stop_grad_norm
+        key = group_key(configs[i]) if vectorized else str(i)
         groups.setdefault(key, []).append(i)
     for members in groups.values():
         for start in range(0, len(members), max_group):

@@ -839,7 +839,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                                        limit=c.limit_batches)  # fmt: skip
     preemption.start_polling()  # from here on a signal stops the run at the next step, with a checkpoint
     for epoch in range(step // steps_per_epoch, c.num_epochs):
-        if meta["stopped_early"] or (stopped := budget.spent(step, check_time=False)):
+        if meta["stopped_early"] or meta.get("converged") or (stopped := budget.spent(step, check_time=False)):
             break
         offset = step - epoch * steps_per_epoch
         if offset == 0:
@@ -871,6 +871,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                     bar.close()
                     _diverged(workdir, step, record, checkpoints, writer)
                 writer.write(record)
+                average_grad_norm(meta, record["grad_norm"])
                 postfix = {"loss": f"{record['epoch_loss']:.4f}", "acc": f"{100 * record['epoch_accuracy']:.2f}%"}
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(interval_steps)  # finished steps only: its rate and ETA are not the dispatch's
@@ -889,7 +890,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         if has_validation and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.num_epochs or stopped):
             val = evaluate_split(evaluated(state), val_images, val_labels)
             raw = evaluate_split(state, val_images, val_labels) if "ema" in state else None
-            if update_best(meta, epoch + 1, val.accuracy, c.early_stopping_patience):
+            if update_best(meta, epoch + 1, val, c):
                 meta["best_step"] = step
             if "plateau" in state:
                 state["plateau"] = plateau_step(state["plateau"], val.loss)
@@ -905,11 +906,16 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 checkpoints.save_best(step, state, meta)
         writer.write(epoch_record)
         metrics.log_line(_epoch_line(epoch_record, c.num_epochs))
+        if not stopped and converged(c, meta, epoch + 1, step, epoch_record["train_loss"]):
+            criterion = meta["converged"]
+            metrics.log_line(f"converged at epoch {epoch + 1}: {criterion['criterion']} holds "
+                             f"({criterion['value']:.4g})")  # fmt: skip
         checkpoints.save(step, state, meta)
         if stopped:
             metrics.log_line(f"stopped at step {step}: the budget {stopped} is spent")
             break
-        if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs and not meta["stopped_early"]:
+        ended = meta["stopped_early"] or meta.get("converged")
+        if (signum := preemption.requested(step)) and epoch + 1 < c.num_epochs and not ended:
             _interrupted(workdir, step, state, meta, checkpoints, writer, signum)
     final_state, tested = _tested_state(checkpoints, state, meta, steps_per_epoch, has_validation)
     test = evaluate_split(evaluated(final_state), test_images, test_labels)
@@ -930,8 +936,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         params=count_params(final_state["params"]), train_time_s=train_time, wall_time_s=time.time() - started,
         steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s, first_step_at=first_step_at,
         tested=tested,
-        stopped="budget" if stopped else ("early_stopping" if meta["stopped_early"] else "num_epochs"),
-        budget=stopped,
+        stopped=stop_reason(meta, stopped), budget=stopped, convergence=meta.get("converged"),
         images_per_sec=sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
     )  # fmt: skip
     writer.hyperparameters(config.to_dict(), {k: results[k] for k in ("test_accuracy", "test_loss", "val_accuracy")
@@ -955,29 +960,69 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
 
 
 def initial_meta() -> dict:
-    """A run's early-stopping bookkeeping before its first validation (saved with every checkpoint)."""
+    """A run's early-stopping and convergence bookkeeping before its first validation (saved with every
+    checkpoint)."""
     return {"best_val_accuracy": -1.0, "best_epoch": 0, "evals_without_improvement": 0, "stopped_early": False}
 
 
-def update_best(meta: dict, epoch: int, val_accuracy: float, patience: int) -> bool:
+def update_best(meta: dict, epoch: int, val: Evaluation, train_config) -> bool:
     """Records one validation result in a run's ``meta`` (early stopping's bookkeeping).
 
     Args:
-      meta: the run's meta dict; its best accuracy and epoch, the evaluations since the best, and whether
-        ``patience`` of them have passed are updated in place.
+      meta: the run's meta dict; its best metrics and epoch, the evaluations since the best, and whether
+        ``train.early_stopping_patience`` of them have passed are updated in place.
       epoch: the epoch evaluated.
-      val_accuracy: its validation accuracy.
-      patience: evaluations without improvement before stopping; 0 never stops.
+      val: its validation metrics.
+      train_config: the ``train`` section: ``early_stopping_metric`` says which of accuracy (higher) and loss
+        (lower) is better, ``early_stopping_min_delta`` the smallest improvement that counts, and
+        ``early_stopping_patience`` the evaluations without one before stopping (0: never).
 
     Returns:
       Whether ``epoch`` is the new best.
     """
-    if val_accuracy > meta["best_val_accuracy"]:
-        meta.update(best_val_accuracy=val_accuracy, best_epoch=epoch, evals_without_improvement=0)
+    delta = train_config.early_stopping_min_delta
+    if train_config.early_stopping_metric == "val_loss":
+        better = "best_val_loss" not in meta or val.loss < meta["best_val_loss"] - delta
+    else:
+        better = val.accuracy > meta["best_val_accuracy"] + delta or meta["best_epoch"] == 0
+    if better:
+        meta.update(best_val_accuracy=val.accuracy, best_val_loss=val.loss, best_epoch=epoch,
+                    evals_without_improvement=0)  # fmt: skip
         return True
     meta["evals_without_improvement"] += 1
+    patience = train_config.early_stopping_patience
     meta["stopped_early"] = bool(patience) and meta["evals_without_improvement"] >= patience
     return False
+
+
+def converged(train_config, meta: dict, epoch: int, step: int, train_loss: float) -> bool:
+    """Checks the convergence criteria at an epoch's end and records the first that holds in ``meta['converged']``
+    ({'criterion', 'value', 'epoch', 'step'}): ``train.stop_train_loss`` (the epoch's training loss at or below it)
+    or ``train.stop_grad_norm`` (``meta['grad_norm_average']``, the moving average of the logged gradient norms, at
+    or below it). Returns whether training should stop."""
+    checks = (("stop_train_loss", train_loss), ("stop_grad_norm", meta.get("grad_norm_average")))
+    for key, value in checks:
+        if train_config[key] and value is not None and value <= train_config[key]:
+            meta["converged"] = {"criterion": f"train.{key}={train_config[key]:g}", "value": value, "epoch": epoch,
+                                 "step": step}  # fmt: skip
+            return True
+    return False
+
+
+def average_grad_norm(meta: dict, grad_norm: float, decay: float = 0.9) -> None:
+    """Updates ``meta['grad_norm_average']``, the exponential moving average (``decay`` per logged record) of the
+    gradient norm that ``train.stop_grad_norm`` watches."""
+    previous = meta.get("grad_norm_average")
+    meta["grad_norm_average"] = grad_norm if previous is None else decay * previous + (1 - decay) * grad_norm
+
+
+def stop_reason(meta: dict, budget: str | None) -> str:
+    """``results.json``'s ``stopped``: 'budget', 'convergence', 'early_stopping' or 'num_epochs'."""
+    if budget:
+        return "budget"
+    if meta.get("converged"):
+        return "convergence"
+    return "early_stopping" if meta["stopped_early"] else "num_epochs"
 
 
 def make_epoch_record(step: int, epoch: int, epoch_sums: np.ndarray, learning_rate: float, elapsed_s: float,

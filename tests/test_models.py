@@ -239,7 +239,10 @@ def test_models_take_their_initializers_from_the_config(name, fields, shape):
     assert kernels and all(np.abs(k).max() <= 0.3 for k in kernels) and max(np.abs(k).max() for k in kernels) > 0.29
     assert biases and all(np.all(b == np.float32(0.1)) for b in biases)
     rows = summary.summarize(model, shape)
-    assert {r["init"] for r in rows if r["type"] in ("Conv2D", "Dense")} <= {"uniform:0.3 / constant:0.1", "uniform:0.3"}
+    assert {r["init"] for r in rows if r["type"] in ("Conv2D", "Dense")} <= {
+        "uniform:0.3 / constant:0.1",
+        "uniform:0.3",
+    }
     default = summary.summarize(models.get(name, **fields), shape)
     expected = {"lecun_normal / zeros"} if name in ("lenet", "cifar_cnn") else {"he_normal", "lecun_normal / zeros"}
     assert {r["init"] for r in default if r["type"] in ("Conv2D", "Dense")} == expected

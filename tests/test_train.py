@@ -275,7 +275,11 @@ def launch(*args):
 @pytest.mark.parametrize(
     "speedrun, base, changed",
     [
-        ("speedrun_90", "lenet", {"optim.learning_rate", "data.test_time_shift", "train.num_epochs", "train.eval_every"}),
+        (
+            "speedrun_90",
+            "lenet",
+            {"optim.learning_rate", "data.test_time_shift", "train.num_epochs", "train.eval_every"},
+        ),
         ("speedrun_94", "resnet9", {"train.num_epochs", "train.eval_every"}),
     ],
 )
@@ -384,3 +388,54 @@ def test_loggers_get_the_scalars_figures_and_hyperparameters_offline(tmp_path, m
     config.train.loggers = "tensorboard,comet"
     with pytest.raises(ValueError, match="unknown logger 'comet'; choose from tensorboard, wandb, mlflow"):
         train.check_config(config)
+
+
+def test_convergence_criteria_end_training_and_say_which_fired_and_when(tmp_path):
+    baseline = train.train_and_evaluate(small_config(tmp_path, num_epochs=4), tmp_path / "baseline")
+    records = metrics.read_records(tmp_path / "baseline" / "metrics.jsonl")
+    losses = [r["train_loss"] for r in records if r["kind"] == "epoch"]
+    assert baseline["stopped"] == "num_epochs" and baseline["convergence"] is None and losses[1] < losses[0]
+    config = small_config(tmp_path, num_epochs=4, stop_train_loss=(losses[0] + losses[1]) / 2)
+    results = train.train_and_evaluate(config, tmp_path / "loss")
+    assert results["stopped"] == "convergence" and results["epochs"] == 2
+    assert results["convergence"] == {"criterion": f"train.stop_train_loss={config.train.stop_train_loss:g}",
+                                      "value": losses[1], "epoch": 2, "step": 12}  # fmt: skip
+    average = None  # the moving average of the logged gradient norms, as documented
+    for r in (r for r in records if r["kind"] == "train" and r["step"] <= 6):
+        average = r["grad_norm"] if average is None else 0.9 * average + 0.1 * r["grad_norm"]
+    config = small_config(tmp_path, num_epochs=4, stop_grad_norm=average * 1.0001)  # the baseline until it fires
+    results = train.train_and_evaluate(config, tmp_path / "grad")
+    assert results["stopped"] == "convergence" and results["convergence"]["epoch"] == 1
+    assert results["convergence"]["value"] == pytest.approx(average, rel=1e-12)
+    config.train.stop_grad_norm = -1.0
+    with pytest.raises(ValueError, match="train.stop_grad_norm"):
+        train.check_config(config)
+
+
+def test_early_stopping_by_loss_or_accuracy_with_a_minimum_improvement():
+    config = base_config().train
+    config.update(early_stopping_patience=2, early_stopping_min_delta=0.01)
+    evaluation = lambda loss, accuracy: train.Evaluation(loss, accuracy, accuracy, np.zeros((2, 2)))  # noqa: E731
+    meta = train.initial_meta()
+    history = [(1.0, 0.50), (0.9, 0.505), (0.895, 0.52), (0.8, 0.52)]
+    assert [train.update_best(meta, e, evaluation(*v), config) for e, v in enumerate(history, 1)] == [
+        True,
+        False,
+        True,
+        False,
+    ]  # fmt: skip  -- +0.005 does not count, +0.02 over the best does
+    assert meta["best_epoch"] == 3 and not meta["stopped_early"]
+    config.early_stopping_metric = "val_loss"
+    meta = train.initial_meta()
+    assert [train.update_best(meta, e, evaluation(*v), config) for e, v in enumerate(history, 1)] == [
+        True, True, False, True]  # fmt: skip
+    assert meta["best_val_loss"] == 0.8 and meta["best_val_accuracy"] == 0.52 and meta["best_epoch"] == 4
+    assert not train.update_best(meta, 5, evaluation(0.795, 0.6), config)  # 0.005 lower: not enough
+    assert not train.update_best(meta, 6, evaluation(0.9, 0.6), config) and meta["stopped_early"]
+    config.early_stopping_metric = "val_f1"
+    with pytest.raises(ValueError, match="train.early_stopping_metric"):
+        from cnnjax import config as config_lib
+
+        whole = base_config()
+        whole.train.early_stopping_metric = "val_f1"
+        config_lib.validate(whole)
