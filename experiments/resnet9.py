@@ -7,8 +7,8 @@ Fashion-MNIST: random crops (no flips), SGD with Nesterov momentum, L2 5e-4, a c
         --config.data.random_crop_padding=4 --config.data.random_flip=True --config.data.test_time_flip=True
 
 Pooling after the first two convs makes it about twice as fast per image as ResNet-20 (35 MFLOPs per image).
-Expected: 94.6% test (94.5% validation), 30 min on a 2-core Intel Xeon (AVX-512), jax 0.10.2
-(bench/results/experiment-resnet9-*.json).
+Expected: 94.6% test (94.5% validation) on a 2-core Intel Xeon (AVX-512), jax 0.10.2
+(bench/results/experiment-resnet9-*.json); ``speedrun_94`` reaches 94% in 13 of its epochs.
 """
 
 from cnnjax.config import base_config, model_config, modern_recipe
