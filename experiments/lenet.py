@@ -4,7 +4,7 @@
 
 Offline the data comes from Debian's dataset-fashion-mnist package; online TFDS downloads it. Override any key, e.g.
 ``--config.model.filters=16,32 --config.optim.learning_rate=0.002``; ``--summary`` prints the layer table.
-Expected: 90.4% test (90.8% validation), 65 s on a 2-core Intel Xeon (AVX-512), jax 0.10.2
+Expected: 90.4% test (90.8% validation), 38 s on a 2-core Intel Xeon (AVX-512), jax 0.10.2
 (bench/results/experiment-lenet-*.json).
 """
 
