@@ -81,6 +81,22 @@ def test_split_arrays_are_cached_next_to_tfds_and_rebuilt_when_they_do_not_match
     assert len(from_tfds) == 2
 
 
+def test_a_split_cache_that_cannot_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    make_idx_dataset(tmp_path / "src")
+
+    def full_disk(file, array):
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(split_cache.np, "save", full_disk)
+    images, labels = data.load("mnist", "test", data_dir=str(tmp_path / "src"), tfds_dir=str(tmp_path / "tfds"))
+    assert images.shape == (20, 28, 28, 1) and len(labels) == 20  # loaded from TFDS all the same
+    arrays = split_cache.dataset_dir("mnist", str(tmp_path / "tfds")) / "arrays"
+    assert list(arrays.iterdir()) == [] and split_cache.read("mnist", "test", str(tmp_path / "tfds")) is None
+
+
 def _cifar_rows(n, label_bytes):
     labels = RNG.integers(0, 10, (n, label_bytes), dtype=np.uint8)
     pixels = RNG.integers(0, 256, (n, 3072), dtype=np.uint8)

@@ -63,21 +63,31 @@ def read(name: str, split: str, tfds_dir: str | None = None) -> tuple[np.ndarray
         return None
 
 
+def _replace(path: Path, write) -> None:
+    """Writes ``path`` through ``write(file)`` into a temporary file renamed over it; removes the temporary file if
+    writing fails."""
+    file = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False)
+    try:
+        with file:
+            write(file)
+        os.replace(file.name, path)
+    except BaseException:
+        Path(file.name).unlink(missing_ok=True)
+        raise
+
+
 def write(name: str, split: str, images: np.ndarray, labels: np.ndarray, tfds_dir: str | None = None) -> None:
-    """Caches ``split``'s arrays (atomically); a directory that cannot be written leaves the split uncached."""
+    """Caches ``split``'s arrays (atomically); a directory that cannot be written (or a full disk) leaves the split
+    uncached and nothing half-written."""
     arrays = dataset_dir(name, tfds_dir) / "arrays"
     record = {"sources": _sources(name, split, tfds_dir)}
     with contextlib.suppress(OSError):
         arrays.mkdir(exist_ok=True)
         for key, array in zip(_ARRAYS, (images, labels)):
             path = arrays / f"{split}_{key}.npy"
-            with tempfile.NamedTemporaryFile(dir=arrays, prefix=f".{path.name}-", delete=False) as file:
-                np.save(file, array)
-            os.replace(file.name, path)
+            _replace(path, lambda file, array=array: np.save(file, array))
             record[key] = {"size": path.stat().st_size, "blake2b": _digest(path)}
-        with tempfile.NamedTemporaryFile("w", dir=arrays, prefix=f".{split}.json-", delete=False) as file:
-            json.dump(record, file)
-        os.replace(file.name, arrays / f"{split}.json")
+        _replace(arrays / f"{split}.json", lambda file: file.write(json.dumps(record).encode()))
 
 
 def load(name: str, split: str, *, data_dir: str | None = None, tfds_dir: str | None = None):
