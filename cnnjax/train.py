@@ -326,6 +326,8 @@ def train_step_fn(
             "learning_rate": optim.current_learning_rate(opt_state) * rate_scale,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
+            # per top-level layer: vanishing gradients show as norms falling layer by layer towards the input
+            "layer_grad_norms": {name: optax.tree.norm(layer) for name, layer in grads.items()},
         }
         return new_state, step_metrics
 
@@ -688,6 +690,7 @@ def _train_record(step, epoch, step_metrics, epoch_sums, images_per_sec) -> dict
         "grad_norm": float(fetched["grad_norm"]),
         "param_norm": float(fetched["param_norm"]),
         "images_per_sec": images_per_sec,
+        **{f"grad_norm/{name}": float(norm) for name, norm in fetched["layer_grad_norms"].items()},
     }
 
 
@@ -847,7 +850,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         batches = data.train_batches(len(splits.train[1]), batch_size, seed=c.seed, epoch=epoch)
         bar = metrics.progress_bar(steps_per_epoch, offset, f"epoch {epoch + 1}/{c.num_epochs}", enabled=chief)
         epoch_start = interval_start = time.time()
-        interval_steps = 0
+        interval_steps, epoch_losses = 0, []
         for i in range(offset, steps_per_epoch):
             batch_index = parallel.shard_batch(batches[i], mesh)
             state, step_metrics = train_step(state, train_images, train_labels, batch_index, train_key)
@@ -872,6 +875,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                     _diverged(workdir, step, record, checkpoints, writer)
                 writer.write(record)
                 average_grad_norm(meta, record["grad_norm"])
+                epoch_losses.append(record["loss"])
                 postfix = {"loss": f"{record['epoch_loss']:.4f}", "acc": f"{100 * record['epoch_accuracy']:.2f}%"}
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(interval_steps)  # finished steps only: its rate and ETA are not the dispatch's
@@ -906,6 +910,12 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
                 checkpoints.save_best(step, state, meta)
         writer.write(epoch_record)
         metrics.log_line(_epoch_line(epoch_record, c.num_epochs))
+        if c.loss == "cross_entropy" and at_chance_level(
+            [*epoch_losses, epoch_record["train_loss"]], splits.num_classes
+        ):
+            chance = math.log(splits.num_classes)
+            metrics.log_line("warning: " + CHANCE_WARNING.format(k=splits.num_classes, chance=chance, epoch=epoch + 1))
+            meta.setdefault("chance_level_epochs", []).append(epoch + 1)
         if not stopped and converged(c, meta, epoch + 1, step, epoch_record["train_loss"]):
             criterion = meta["converged"]
             metrics.log_line(f"converged at epoch {epoch + 1}: {criterion['criterion']} holds "
@@ -937,6 +947,7 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         steps=step, trainable_params=trainable, time_to_first_step_s=first_step_s, first_step_at=first_step_at,
         tested=tested,
         stopped=stop_reason(meta, stopped), budget=stopped, convergence=meta.get("converged"),
+        chance_level_epochs=meta.get("chance_level_epochs", []), layer_grad_norms=last_layer_grad_norms(records),
         images_per_sec=sum(r["images_per_sec"] * r["elapsed_s"] for r in epoch_records) / max(train_time, 1e-9),
     )  # fmt: skip
     writer.hyperparameters(config.to_dict(), {k: results[k] for k in ("test_accuracy", "test_loss", "val_accuracy")
@@ -1014,6 +1025,23 @@ def average_grad_norm(meta: dict, grad_norm: float, decay: float = 0.9) -> None:
     gradient norm that ``train.stop_grad_norm`` watches."""
     previous = meta.get("grad_norm_average")
     meta["grad_norm_average"] = grad_norm if previous is None else decay * previous + (1 - decay) * grad_norm
+
+
+def at_chance_level(losses: list[float], num_classes: int, tolerance: float = 0.01) -> bool:
+    """Whether every training loss of an epoch (its logged ones and its mean) lies within ``tolerance`` (relative) of
+    ln(num_classes), the cross-entropy of a uniform prediction: the model is not learning."""
+    chance = math.log(num_classes)
+    return bool(losses) and all(abs(loss - chance) <= tolerance * chance for loss in losses)
+
+
+CHANCE_WARNING = ("the model is not learning: the training loss stayed at chance level, ln({k}) = {chance:.4f}, for "
+                  "epoch {epoch}; check the learning rate, the last layer, the labels")  # fmt: skip
+
+
+def last_layer_grad_norms(records: list[dict]) -> dict[str, float]:
+    """The per-layer gradient norms of the last logged training step (``grad_norm/<layer>`` of metrics.jsonl)."""
+    last = next((r for r in reversed(records) if r["kind"] == "train"), {})
+    return {key.removeprefix("grad_norm/"): value for key, value in last.items() if key.startswith("grad_norm/")}
 
 
 def stop_reason(meta: dict, budget: str | None) -> str:

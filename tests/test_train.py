@@ -439,3 +439,33 @@ def test_early_stopping_by_loss_or_accuracy_with_a_minimum_improvement():
         whole = base_config()
         whole.train.early_stopping_metric = "val_f1"
         config_lib.validate(whole)
+
+
+def test_per_layer_gradient_norms_show_sigmoid_vanishing_against_relu(tmp_path):
+    first_records = {}
+    for activation in ("relu", "sigmoid"):
+        config = small_config(tmp_path, num_epochs=1, log_every=1)
+        config.model.activation = activation
+        train.train_and_evaluate(config, tmp_path / activation)
+        records = [r for r in metrics.read_records(tmp_path / activation / "metrics.jsonl") if r["kind"] == "train"]
+        layers = {k: v for k, v in records[0].items() if k.startswith("grad_norm/")}
+        assert set(layers) == {f"grad_norm/{n}" for n in ("conv1", "conv2", "fc1", "fc2", "logits")}
+        assert np.sqrt(sum(v**2 for v in layers.values())) == pytest.approx(records[0]["grad_norm"], rel=1e-5)
+        first_records[activation] = layers
+        results = json.loads((tmp_path / activation / "results.json").read_text())
+        assert results["layer_grad_norms"] == {k.removeprefix("grad_norm/"): v for k, v in records[-1].items()
+                                               if k.startswith("grad_norm/")}  # fmt: skip
+    ratio = {a: r["grad_norm/conv1"] / r["grad_norm/logits"] for a, r in first_records.items()}
+    assert ratio["sigmoid"] < ratio["relu"] / 10  # each sigmoid layer passes at most a quarter of the gradient
+
+
+def test_a_model_at_chance_level_is_warned_about(tmp_path, capsys):
+    config = small_config(tmp_path, num_epochs=2)
+    config.model.kernel_init = "zeros"  # nothing trainable in front of the last layer's bias: uniform predictions
+    config.optim.learning_rate = 1e-7
+    results = train.train_and_evaluate(config, tmp_path / "stuck")
+    assert results["chance_level_epochs"] == [1, 2]
+    out = capsys.readouterr().out
+    assert "warning: the model is not learning: the training loss stayed at chance level, ln(10) = 2.3026, for " \
+           "epoch 1; check the learning rate, the last layer, the labels" in out  # fmt: skip
+    assert train.train_and_evaluate(small_config(tmp_path), tmp_path / "learning")["chance_level_epochs"] == []
