@@ -79,6 +79,13 @@ def test_without_test_folder_a_test_split_is_held_out_deterministically(tmp_path
                                   by_pixels(images, np.zeros(40))[0])  # fmt: skip
 
 
+def test_the_65_25_10_split_of_a_folder_without_test_images(tmp_path):
+    write_folder(tmp_path / "root", n=200)
+    config = folder_config(tmp_path / "root", tmp_path, test_fraction=0.25, validation_fraction=0.10 / 0.75)
+    splits = data.load_splits(config)
+    assert (len(splits.train[1]), len(splits.test[1]), len(splits.validation[1])) == (130, 50, 20)
+
+
 def test_image_size_and_channels_make_mixed_folders_usable(tmp_path):
     root = tmp_path / "root"
     write_folder(root, n=6, shape=(8, 8, 1))
