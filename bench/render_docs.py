@@ -222,7 +222,17 @@ def time_to_accuracy(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n{'; '.join(sorted(machines))}."
 
 
+def batch_size_speed(base: Path = ROOT) -> str:
+    """The training loop's images/s per batch size."""
+    if (found := _single("batch_size_speed-lenet")) is None:
+        return _missing("batch_size_speed")
+    path, r = found
+    parts = ", ".join(f"{rate:,.0f} at batch {size}" for size, rate in r["images_per_sec"].items())
+    return f"`{r['experiment']}`: {parts} images/s ({hardware(r)}; {_link(path, base)})"
+
+
 BLOCKS = {
+    "batch_size_speed": batch_size_speed,
     "recipe_accuracy": recipe_accuracy,
     "time_to_accuracy": time_to_accuracy,
     "recipe_cost": recipe_cost,
