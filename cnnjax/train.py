@@ -320,14 +320,16 @@ def train_step_fn(
                 if jnp.issubdtype(value.dtype, jnp.floating) else value,
                 state["ema"], {"params": params, "model_state": model_state},
             )  # fmt: skip
+        # per top-level layer: vanishing gradients show as norms falling layer by layer towards the input; the
+        # global norm is theirs combined, so each gradient is reduced once
+        layer_grad_norms = {name: optax.tree.norm(layer) for name, layer in grads.items()}
         step_metrics = {
             "loss": loss,
             "accuracy": accuracy,
             "learning_rate": optim.current_learning_rate(opt_state) * rate_scale,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": optax.tree.norm(layer_grad_norms),
             "param_norm": optax.tree.norm(params),
-            # per top-level layer: vanishing gradients show as norms falling layer by layer towards the input
-            "layer_grad_norms": {name: optax.tree.norm(layer) for name, layer in grads.items()},
+            "layer_grad_norms": layer_grad_norms,
         }
         return new_state, step_metrics
 
