@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from cnnjax import metrics, rundir
+from cnnjax import metrics, preemption, rundir
 
 CHECKSUMS = "checksums.json"
 
@@ -103,6 +103,11 @@ class Checkpoints:
         if step in manager.all_steps():  # re-reached after a resume: the content is the same by determinism
             return
         directory = Path(manager.directory)
+        with preemption.checkpoint_write():
+            Checkpoints._write(manager, directory, step, state, meta)
+
+    @staticmethod
+    def _write(manager: ocp.CheckpointManager, directory: Path, step: int, state, meta: dict) -> None:
         try:
             manager.save(
                 step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))

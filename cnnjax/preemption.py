@@ -3,7 +3,8 @@
 Within :func:`handling`, once the training loop has started (:func:`start_polling`), the first such signal only
 sets a flag; the loop polls :func:`requested` after each step, writes a checkpoint, marks ``results.json``
 ``status: interrupted`` and raises :class:`Interrupted`. A second signal, or one before the loop started (loading
-data, compiling: there is nothing new to save), raises ``KeyboardInterrupt`` at once. In a multi-process run no handler is installed: JAX's preemption
+data, compiling: there is nothing new to save), raises ``KeyboardInterrupt`` at once, except within :func:`checkpoint_write`: a checkpoint being written is finished
+first (a fraction of a second for the zoo), so a stop never leaves orbax's writer cut half-way. In a multi-process run no handler is installed: JAX's preemption
 service (started by ``jax.distributed.initialize``) receives SIGTERM, and :func:`requested` asks it whether every
 process has reached the agreed step, so all processes checkpoint the same step (Ctrl-C stops them at once).
 """
@@ -21,6 +22,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _received: list[int] = []  # the signals received within the outermost handling()
 _depth = [0]
 _polling = [False]
+_writing = [0]  # nesting depth of checkpoint_write()
+_stop_after_write = [False]
 
 
 class Interrupted(Exception):
@@ -33,6 +36,9 @@ class Interrupted(Exception):
 
 def _handler(signum, frame) -> None:
     if _received or not _polling[0]:
+        if _writing[0]:
+            _stop_after_write[0] = True
+            return
         raise KeyboardInterrupt
     _received.append(signum)
     from cnnjax import metrics
@@ -58,6 +64,7 @@ def handling() -> Iterator[None]:
     if _depth[0] == 0:
         _received.clear()
         _polling[0] = False
+        _stop_after_write[0] = False
     _depth[0] += 1
     for s in SIGNALS:
         signal.signal(s, _handler)
@@ -68,6 +75,19 @@ def handling() -> Iterator[None]:
         _polling[0] = _polling[0] and _depth[0] > 0
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def checkpoint_write() -> Iterator[None]:
+    """A signal that would stop the run at once waits for this block to finish, then raises ``KeyboardInterrupt``."""
+    _writing[0] += 1
+    try:
+        yield
+    finally:
+        _writing[0] -= 1
+    if _writing[0] == 0 and _stop_after_write[0]:
+        _stop_after_write[0] = False
+        raise KeyboardInterrupt
 
 
 def start_polling() -> None:

@@ -272,6 +272,20 @@ def test_the_first_signal_is_polled_and_a_second_one_stops_at_once():
         assert preemption.received() is None  # a new run starts without the old signal
 
 
+def test_a_second_signal_while_a_checkpoint_is_written_stops_after_the_write(tmp_path):
+    state, meta = {"params": {"w": np.arange(4.0)}}, {"epoch": 1}
+    with pytest.raises(KeyboardInterrupt), preemption.handling():
+        preemption.start_polling()
+        os.kill(os.getpid(), signal.SIGINT)
+        with preemption.checkpoint_write():
+            os.kill(os.getpid(), signal.SIGINT)  # the second one, in the middle of the write
+            Checkpoints(tmp_path, 2).save(3, state, meta)
+        pytest.fail("the deferred signal must raise once the write is done")
+    checkpoints = Checkpoints(tmp_path, 2)
+    assert checkpoints.latest_step() == 3
+    checkpoint.verify(tmp_path / "periodic" / "3")  # complete, with its checksums
+
+
 def test_a_run_killed_between_its_test_and_its_results_is_tested_once_again(tmp_path):
     config = small_config(tmp_path)
     first = train.train_and_evaluate(config, tmp_path / "run")
