@@ -22,7 +22,7 @@ from cnnjax import models, parallel, train
 
 def sums_only(eval_step):
     """The evaluation step without the added metrics: loss, correct, count."""
-    return lambda *args: eval_step(*args)[:3]
+    return lambda *args: eval_step(*args)["sums"][:3]
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
             totals = 0.0
             for batch_index, batch_weights in zip(index, weights):
                 batch_index, batch_weights = parallel.shard_batch((batch_index, batch_weights), mesh)
-                totals = totals + eval_step(state["params"], {}, images, labels, batch_index, batch_weights)
+                totals = totals + eval_step(state["params"], {}, images, labels, batch_index, batch_weights)["sums"]
             np.asarray(totals)
 
         return run

@@ -231,8 +231,51 @@ def batch_size_speed(base: Path = ROOT) -> str:
     return f"`{r['experiment']}`: {parts} images/s ({hardware(r)}; {_link(path, base)})"
 
 
+def batch_regimes(base: Path = ROOT) -> str:
+    """Per-example against mini-batch training: a table per batch size of the best rate's accuracy and times."""
+    if (found := _single("batch_regimes-lenet")) is None:
+        return _missing("batch_regimes")
+    path, r = found
+    lines = [
+        "| batch | SGD rate | validation | test | training | whole run |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, e in r["regimes"].items():
+        lines.append(f"| {size} | {e['learning_rate']:g} | {100 * e['val_accuracy']:.2f}% | {100 * e['test_accuracy']:.2f}% | "
+                     f"{e['train_time_s']:.1f} s | {e['wall_time_s']:.1f} s |")  # fmt: skip
+    epochs = f"{r['epochs']} epoch{'s' if r['epochs'] > 1 else ''}"
+    return "\n".join(lines) + f"\n\n`{r['experiment']}`, {epochs} each ({hardware(r)}; {_link(path, base)})."
+
+
+def vanishing_gradients(base: Path = ROOT) -> str:
+    """The first step's per-layer gradient norms of the sigmoid LeNet against ReLU's, and their accuracies."""
+    if (found := _single("vanishing_gradients")) is None:
+        return _missing("vanishing_gradients")
+    path, r = found
+    parts = []
+    for activation, e in r["runs"].items():
+        norms = ", ".join(f"{layer} {norm:.2g}" for layer, norm in e["first_step_grad_norms"].items())
+        parts.append(f"- {activation}: first-step gradient norms {norms} (conv1 / logits **{e['input_over_output']:.3g}**); "
+                     f"{100 * e['test_accuracy']:.2f}% test after {r['epochs']} epochs")  # fmt: skip
+    return "\n".join(parts) + f"\n\n{hardware(r)}; {_link(path, base)}."
+
+
+def diagnostics_cost(base: Path = ROOT) -> str:
+    """The training step's and the evaluation's speed with ``train.diagnostics`` on and off."""
+    if (found := _single("diagnostics_cost")) is None:
+        return _missing("diagnostics_cost")
+    path, r = found
+    parts = [f"`{name}` step {e['train_images_per_sec']['on']:,.0f} vs {e['train_images_per_sec']['off']:,.0f} "
+             f"images/s (**{e['train_cost']:.3f}x** the time), evaluation {e['eval_images_per_sec']['on']:,.0f} vs "
+             f"{e['eval_images_per_sec']['off']:,.0f} ({e['eval_cost']:.3f}x)" for name, e in r["experiments"].items()]  # fmt: skip
+    return f"With the diagnostics on vs off: {'; '.join(parts)} ({hardware(r)}; {_link(path, base)})."
+
+
 BLOCKS = {
     "batch_size_speed": batch_size_speed,
+    "batch_regimes": batch_regimes,
+    "vanishing_gradients": vanishing_gradients,
+    "diagnostics_cost": diagnostics_cost,
     "recipe_accuracy": recipe_accuracy,
     "time_to_accuracy": time_to_accuracy,
     "recipe_cost": recipe_cost,

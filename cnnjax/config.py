@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
             ),  # TFDS's data directory (default ~/tensorflow_datasets)
             "image_size": 0,  # image_folder: resize every image to image_size x image_size (0: keep)
             "channels": 0,  # image_folder: 1 grayscale, 3 RGB (0: as decoded)
-            "test_fraction": 0.1,  # image_folder without test/: held out as the test split (split_seed)
+            "test_fraction": 0.1,  # no official test split (image_folder without test/): held out as it (split_seed)
             "batch_size": 128,
             "eval_batch_size": 1000,
             "validation_fraction": 0.1,  # held out from train, deterministically (split_seed)
@@ -110,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
             "early_stopping_min_delta": 0.0,  # an improvement smaller than this does not count
             "stop_train_loss": 0.0,  # > 0: converged when an epoch's training loss is at or below this
             "stop_grad_norm": 0.0,  # > 0: converged when the gradient norm's moving average is at or below this
+            "diagnostics": True,  # per-layer gradient norms, dead ReLU units at each evaluation
             "ema_decay": 0.0,  # > 0: evaluate, test and predict with an exponential moving average of the weights
             "grad_accum_steps": 1,  # micro-batches of batch_size / k per optimizer step (batch norm sees them)
             "max_steps": 0,  # > 0: stop (checkpoint, validate, test) after this many training steps

@@ -1,7 +1,8 @@
 """Flax Linen modules: each declares its parameters with ``self.param`` and calls a :mod:`cnnjax.functional` op.
 
 Collections: ``params`` (trained), ``batch_stats`` (BatchNorm running statistics, updated with
-``mutable=['batch_stats']``), ``constants`` (fixed parts of a model, e.g. LeNet-5's RBF codes). Dropout draws from
+``mutable=['batch_stats']``), ``constants`` (fixed parts of a model, e.g. LeNet-5's RBF codes), ``diagnostics`` (which units of each :class:`ReLU`
+were active, sown only when the collection is mutable: :func:`unit_activity`). Dropout draws from
 the ``dropout`` rng stream. Input shapes are those of :mod:`cnnjax.functional`: NHWC images, (N, D) features.
 """
 
@@ -12,10 +13,12 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from cnnjax import functional as F
 
 Initializer = Callable
+DIAGNOSTICS = "diagnostics"
 
 
 class Conv2D(nn.Module):
@@ -225,6 +228,25 @@ class LRN(nn.Module):
 
     def __call__(self, x):
         return F.lrn(x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta)
+
+
+class ReLU(nn.Module):
+    """max(x, 0), same shape. With the ``diagnostics`` collection mutable it also sows ``active`` (C,): 1.0 for each
+    unit (the last axis: a conv channel or a dense feature) that was positive somewhere in the batch, else 0.0. A unit
+    never active on a whole split is dead: it passes no gradient and cannot recover. (N, ..., C) -> (N, ..., C)."""
+
+    def __call__(self, x):
+        y = F.relu(x)
+        if self.is_mutable_collection(DIAGNOSTICS) and not self.is_initializing():  # init: not a state variable
+            self.sow(DIAGNOSTICS, "active", jnp.any(y > 0, axis=tuple(range(y.ndim - 1))).astype(jnp.float32))
+        return y
+
+
+def unit_activity(sown: dict) -> dict:
+    """{ReLU module path ('conv1_relu', 'stage1_block1/relu1'): (C,) activity} from ``model.apply(...,
+    mutable=['diagnostics'])``'s returned collections; a module called more than once sums its calls."""
+    flat = traverse_util.flatten_dict(sown.get(DIAGNOSTICS, {}), sep="/")
+    return {path.removesuffix("/active"): sum(calls) for path, calls in flat.items()}
 
 
 class Dropout(nn.Module):

@@ -436,13 +436,9 @@ def _group_evaluations(group_eval, state, images, labels, batch_size: int, limit
     its first batches (``train.limit_batches``)."""
     if len(labels) == 0:
         return [train.Evaluation(np.nan, np.nan, np.nan, None)] * state["step"].shape[0]
-    index, weights = data.eval_batches(len(labels), batch_size)
-    if limit:
-        index, weights = index[:limit], weights[:limit]
-    totals = 0.0
-    for batch_index, batch_weights in zip(index, weights):
-        totals = totals + group_eval(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
-    return [train.evaluation_of(member) for member in np.asarray(totals, np.float64)]
+    totals = train.summed_over_batches(group_eval, state, images, labels, batch_size, limit=limit)
+    members = range(state["step"].shape[0])
+    return [train.evaluation_of(jax.tree_util.tree_map(lambda t, k=k: t[k], totals)) for k in members]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

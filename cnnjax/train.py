@@ -30,6 +30,7 @@ from jax import lax
 from cnnjax import backend, checkpoint, data, metrics, models, optim, parallel, plots, preemption, run_card, rundir
 from cnnjax import config as config_lib
 from cnnjax import functional as F
+from cnnjax import nn as cnn
 from cnnjax.checkpoint import Checkpoints
 from cnnjax.data.image_folder import NAME as IMAGE_FOLDER
 from cnnjax.data.pipeline import BALANCE_MODES
@@ -208,7 +209,7 @@ def make_train_step(
 
 def train_step_fn(
     model, optimizer, loss_name: str, augment, compute_dtype: str = "float32", label_smoothing: float = 0.0, *,
-    ema_decay: float = 0.0, grad_accum_steps: int = 1, mixing: data.Mixing | None = None,
+    ema_decay: float = 0.0, grad_accum_steps: int = 1, mixing: data.Mixing | None = None, diagnostics: bool = True,
 ):  # fmt: skip
     """The pure training step (state, images, labels, batch_index, key) -> (state, metrics), to jit or vmap.
 
@@ -229,6 +230,7 @@ def train_step_fn(
         ``min(ema_decay, (1 + step) / (10 + step))`` (TensorFlow's warmup of the decay).
       grad_accum_steps: micro-batches per optimizer step (``train.grad_accum_steps``).
       mixing: Mixup / CutMix settings (cross_entropy only); None: off.
+      diagnostics: also return the gradient norm of each top-level layer (``train.diagnostics``).
 
     Returns:
       (state, images (B, H, W, C), labels (B,), batch_index (B,), key) -> (state, metrics).
@@ -322,12 +324,12 @@ def train_step_fn(
             )  # fmt: skip
         # per top-level layer: vanishing gradients show as norms falling layer by layer towards the input; the
         # global norm is theirs combined, so each gradient is reduced once
-        layer_grad_norms = {name: optax.tree.norm(layer) for name, layer in grads.items()}
+        layer_grad_norms = {name: optax.tree.norm(layer) for name, layer in grads.items()} if diagnostics else {}
         step_metrics = {
             "loss": loss,
             "accuracy": accuracy,
             "learning_rate": optim.current_learning_rate(opt_state) * rate_scale,
-            "grad_norm": optax.tree.norm(layer_grad_norms),
+            "grad_norm": optax.tree.norm(layer_grad_norms if diagnostics else grads),
             "param_norm": optax.tree.norm(params),
             "layer_grad_norms": layer_grad_norms,
         }
@@ -347,7 +349,7 @@ def evaluated(state: dict) -> dict:
     return state
 
 
-def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_time_views=None):
+def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_time_views=None, diagnostics=False):
     """The pure evaluation step over one padded batch.
 
     Args:
@@ -356,18 +358,21 @@ def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_tim
       compute_dtype: 'float32' or 'bfloat16'.
       test_time_views: images (N, H, W, C) -> a list of such arrays (e.g. ``data.test_time_views``) whose outputs
         are averaged before the loss and the accuracy (test-time augmentation); None: the images alone.
+      diagnostics: also return which units of each ReLU were active (``train.diagnostics``).
 
     Returns:
-      (params, model_state, images, labels, batch_index, weights) -> the batch's sums as one vector (4 + K * K,):
-      loss, correct, count, top-5 correct, then the confusion counts (K, K) (rows: true classes, columns:
-      predicted), each example weighted by ``weights`` (0 for padding).
+      (params, model_state, images, labels, batch_index, weights) -> {'sums': the batch's sums as one vector
+      (4 + K * K,): loss, correct, count, top-5 correct, then the confusion counts (K, K) (rows: true classes,
+      columns: predicted), each example weighted by ``weights`` (0 for padding); 'active': {ReLU layer: (C,) > 0
+      where the unit was active in the batch} (empty without ``diagnostics``)}. Summed over batches, both give the
+      split's :func:`evaluation_of`.
     """
     loss_fn, scores_fn = LOSSES[loss_name]
-    outputs_of = eval_outputs_fn(model, compute_dtype, test_time_views)
+    outputs_of = outputs_and_activity_fn(model, compute_dtype, test_time_views, diagnostics)
 
     def eval_step(params, model_state, images, labels, batch_index, weights):
         x, y = images[batch_index], labels[batch_index]
-        outputs = outputs_of({"params": params, **model_state}, x)
+        outputs, active = outputs_of({"params": params, **model_state}, x)
         scores = scores_fn(outputs)
         num_classes = scores.shape[-1]
         predicted = jnp.argmax(scores, axis=-1)
@@ -375,7 +380,8 @@ def eval_step_fn(model, loss_name: str, compute_dtype: str = "float32", test_tim
         in_top5 = jnp.any(lax.top_k(scores, min(5, num_classes))[1] == y[:, None], axis=-1).astype(jnp.float32)
         confusion = jax.nn.one_hot(y, num_classes).T @ (jax.nn.one_hot(predicted, num_classes) * weights[:, None])
         sums = [jnp.sum(loss_fn(outputs, y) * weights), jnp.sum(correct * weights), jnp.sum(weights)]
-        return jnp.concatenate([jnp.stack([*sums, jnp.sum(in_top5 * weights)]), confusion.ravel()])
+        sums = jnp.concatenate([jnp.stack([*sums, jnp.sum(in_top5 * weights)]), confusion.ravel()])
+        return {"sums": sums, "active": active}
 
     return eval_step
 
@@ -391,27 +397,30 @@ def eval_outputs_fn(model, compute_dtype: str = "float32", test_time_views=None)
     Returns:
       (variables, images (N, H, W, C)) -> float32 (N, num_classes), averaged over the views.
     """
+    outputs_of = outputs_and_activity_fn(model, compute_dtype, test_time_views)
+    return lambda variables, images: outputs_of(variables, images)[0]
+
+
+def outputs_and_activity_fn(model, compute_dtype: str = "float32", test_time_views=None, diagnostics=False):
+    """As :func:`eval_outputs_fn`, returning (outputs, activity): with ``diagnostics``, activity is
+    {ReLU layer: (C,)}, how many of the views each unit was active in (:func:`cnnjax.nn.unit_activity`), else {}."""
     dtype = jnp.dtype(compute_dtype)
     views_of = test_time_views or (lambda images: [images])
 
     def outputs_of(variables, images):
-        return averaged_outputs(model, cast_floats(variables, dtype), [cast_floats(v, dtype) for v in views_of(images)])
+        variables, outputs, activities = cast_floats(variables, dtype), [], []
+        for view in views_of(images):
+            view = cast_floats(view, dtype)
+            if diagnostics:
+                output, sown = model.apply(variables, view, train=False, mutable=[cnn.DIAGNOSTICS])
+                activities.append(cnn.unit_activity(sown))
+            else:
+                output = model.apply(variables, view, train=False)
+            outputs.append(output)
+        activity = jax.tree_util.tree_map(lambda *counts: sum(counts), *activities) if activities else {}
+        return sum(outputs).astype(jnp.float32) / len(outputs), activity
 
     return outputs_of
-
-
-def averaged_outputs(model, variables, views: list) -> jax.Array:
-    """The model's evaluation outputs averaged over views of the same images.
-
-    Args:
-      model: a Flax module.
-      variables: its ``{'params': ..., **model_state}``.
-      views: arrays (N, H, W, C).
-
-    Returns:
-      float32 (N, num_classes).
-    """
-    return sum(model.apply(variables, view, train=False) for view in views).astype(jnp.float32) / len(views)
 
 
 def _view_items(config) -> tuple:
@@ -427,7 +436,8 @@ def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: i
     optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs, freeze)
     augment = functools.partial(data.augment, **dict(augment_items))
     train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype, label_smoothing, **dict(recipe_items))
-    eval_fn = eval_step_fn(model, loss, compute_dtype, functools.partial(data.test_time_views, **dict(view_items)))
+    views = functools.partial(data.test_time_views, **dict(view_items))
+    eval_fn = eval_step_fn(model, loss, compute_dtype, views, dict(recipe_items)["diagnostics"])
     options = xla.compiler_options()
     train_step = jax.jit(train_fn, donate_argnums=0, compiler_options=options)
     return optimizer, train_fn, train_step, eval_fn, jax.jit(eval_fn, compiler_options=options)
@@ -497,16 +507,18 @@ def _recipe_items(config) -> tuple:
     d = config.data
     mixing = data.Mixing(d.mixup_alpha, d.cutmix_alpha, d.mix_prob, d.mix_switch_prob)
     return (("ema_decay", config.train.ema_decay), ("grad_accum_steps", config.train.grad_accum_steps),
-            ("mixing", mixing))  # fmt: skip
+            ("mixing", mixing), ("diagnostics", config.train.diagnostics))  # fmt: skip
 
 
 class Evaluation(NamedTuple):
-    """Metrics of one split: mean loss, accuracy, top-5 accuracy, confusion counts (K, K) (rows: true classes)."""
+    """Metrics of one split: mean loss, accuracy, top-5 accuracy, confusion counts (K, K) (rows: true classes), and
+    with ``train.diagnostics`` the fraction of dead units (never active on the split) of each ReLU layer."""
 
     loss: float
     accuracy: float
     top5_accuracy: float
     confusion: np.ndarray
+    dead_units: dict[str, float] = {}
 
 
 def evaluate(eval_step, state, images, labels, batch_size: int, mesh, limit: int = 0) -> Evaluation:
@@ -524,22 +536,33 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh, limit: int
     Returns:
       The split's :class:`Evaluation`.
     """
+    return evaluation_of(summed_over_batches(eval_step, state, images, labels, batch_size, mesh, limit))
+
+
+def summed_over_batches(eval_step, state, images, labels, batch_size: int, mesh=None, limit: int = 0) -> dict:
+    """``eval_step``'s outputs summed over the padded batches of a split (arguments as for :func:`evaluate`; also
+    used with a vmapped step over a sweep group's stacked states, whose batches are not sharded: ``mesh`` None)."""
     index, weights = data.eval_batches(len(labels), batch_size)
     if limit:
         index, weights = index[:limit], weights[:limit]
-    totals = 0.0
+    totals = None
     for batch_index, batch_weights in zip(index, weights):
-        batch_index, batch_weights = parallel.shard_batch((batch_index, batch_weights), mesh)
-        totals = totals + eval_step(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
-    return evaluation_of(np.asarray(totals, np.float64))
+        if mesh is not None:
+            batch_index, batch_weights = parallel.shard_batch((batch_index, batch_weights), mesh)
+        sums = eval_step(state["params"], state["model_state"], images, labels, batch_index, batch_weights)
+        totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    return totals
 
 
-def evaluation_of(totals: np.ndarray) -> Evaluation:
-    """The metrics of a split from the eval step's summed vector (4 + K * K,) (see :func:`eval_step_fn`)."""
-    loss_sum, correct, count, top5 = (float(v) for v in totals[:4])
-    num_classes = math.isqrt(len(totals) - 4)
-    confusion = np.rint(totals[4:]).astype(np.int64).reshape(num_classes, num_classes)
-    return Evaluation(loss_sum / count, correct / count, top5 / count, confusion)
+def evaluation_of(totals: dict) -> Evaluation:
+    """The metrics of a split from the eval step's outputs summed over its batches (see :func:`eval_step_fn`); a
+    padding example repeats a real one, so it cannot make a dead unit look alive."""
+    sums = np.asarray(totals["sums"], np.float64)
+    loss_sum, correct, count, top5 = (float(v) for v in sums[:4])
+    num_classes = math.isqrt(len(sums) - 4)
+    confusion = np.rint(sums[4:]).astype(np.int64).reshape(num_classes, num_classes)
+    dead = {layer: float(np.mean(np.asarray(active) == 0)) for layer, active in totals["active"].items()}
+    return Evaluation(loss_sum / count, correct / count, top5 / count, confusion, dead)
 
 
 def test_results(test: Evaluation, class_names) -> dict:
@@ -552,6 +575,7 @@ def test_results(test: Evaluation, class_names) -> dict:
         "confusion_matrix": test.confusion.tolist(),
         "per_class": per_class_metrics(test.confusion, class_names),
         "class_names": list(class_names),
+        "dead_units": test.dead_units,
     }
 
 
@@ -918,6 +942,9 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
             chance = math.log(splits.num_classes)
             metrics.log_line("warning: " + CHANCE_WARNING.format(k=splits.num_classes, chance=chance, epoch=epoch + 1))
             meta.setdefault("chance_level_epochs", []).append(epoch + 1)
+        if val is not None and (dead := mostly_dead_layers(val)) and "dead_units_epoch" not in meta:
+            metrics.log_line("warning: " + DEAD_UNITS_WARNING.format(layers=", ".join(dead), epoch=epoch + 1))
+            meta["dead_units_epoch"] = epoch + 1
         if not stopped and converged(c, meta, epoch + 1, step, epoch_record["train_loss"]):
             criterion = meta["converged"]
             metrics.log_line(f"converged at epoch {epoch + 1}: {criterion['criterion']} holds "
@@ -1040,6 +1067,17 @@ CHANCE_WARNING = ("the model is not learning: the training loss stayed at chance
                   "epoch {epoch}; check the learning rate, the last layer, the labels")  # fmt: skip
 
 
+DEAD_UNITS_WARNING = (
+    "more than half of the units of {layers} are dead (never active on the validation split at "
+    "epoch {epoch}): lower the learning rate or model.bias_init, or start from he_normal weights"
+)
+
+
+def mostly_dead_layers(evaluation: Evaluation, threshold: float = 0.5) -> list[str]:
+    """The ReLU layers more than ``threshold`` of whose units were never active on the evaluated split."""
+    return [layer for layer, fraction in evaluation.dead_units.items() if fraction > threshold]
+
+
 def last_layer_grad_norms(records: list[dict]) -> dict[str, float]:
     """The per-layer gradient norms of the last logged training step (``grad_norm/<layer>`` of metrics.jsonl)."""
     last = next((r for r in reversed(records) if r["kind"] == "train"), {})
@@ -1078,6 +1116,7 @@ def make_epoch_record(step: int, epoch: int, epoch_sums: np.ndarray, learning_ra
     }  # fmt: skip
     if val is not None:
         record.update(val_loss=val.loss, val_accuracy=val.accuracy, val_top5_accuracy=val.top5_accuracy)
+        record.update({f"dead_units/{layer}": fraction for layer, fraction in val.dead_units.items()})
     return record
 
 

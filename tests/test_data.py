@@ -144,6 +144,21 @@ def test_other_tfds_datasets_through_mock_data(tmp_path):
     assert images.shape == (7, 28, 28, 1) and images.dtype == np.uint8 and labels.shape == (7,)
 
 
+def test_a_tfds_dataset_without_a_test_split_holds_out_data_test_fraction(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds_builders, "split_names", lambda name, tfds_dir: ("train",))
+    loaded = []
+    monkeypatch.setattr(pipeline, "load", lambda name, split, **kw: loaded.append(split) or tfds_builders.load(
+        name, split, tfds_dir=kw["tfds_dir"]))  # fmt: skip
+    config = data_config(name="kmnist", tfds_dir=str(tmp_path), test_fraction=0.25, validation_fraction=0.1333)
+    with tfds.testing.mock_data(num_examples=40):
+        splits = data.load_splits(config)
+        again = data.load_splits(config)
+    assert loaded == ["train", "train"]  # its test split is never asked for
+    assert [len(s[1]) for s in (splits.train, splits.validation, splits.test)] == [26, 4, 10]  # 65 / 10 / 25 %
+    np.testing.assert_array_equal(splits.test[0], again.test[0])  # the same examples for the same split_seed
+    assert not pipeline.has_test_split("kmnist", str(tmp_path)) and pipeline.has_test_split("fashion_mnist", None)
+
+
 def test_debian_gzip_header_restore_gives_back_the_original_bytes(tmp_path):
     payload = RNG.integers(0, 256, 5000, dtype=np.uint8).tobytes()
     for name, mtime in (("train-images-idx3-ubyte", 1504176606), ("t10k-labels-idx1-ubyte", 1504176627)):

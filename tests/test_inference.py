@@ -76,7 +76,7 @@ def test_eval_step_counts_top5_and_confusion_like_numpy(rng):
     labels = jnp.asarray(rng.integers(0, 10, 9), jnp.int32)
     weights = jnp.asarray([1.0] * 8 + [0.0])  # the last example is padding
     eval_step = jax.jit(train.eval_step_fn(model, "cross_entropy"))
-    sums = eval_step(variables["params"], {}, images, labels, jnp.arange(9), weights)
+    sums = eval_step(variables["params"], {}, images, labels, jnp.arange(9), weights)["sums"]
     outputs = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))[:8]
     y = np.asarray(labels)[:8]
     top5 = np.argsort(-outputs, axis=1)[:, :5]

@@ -240,12 +240,12 @@ def test_test_time_views_average_the_outputs_of_the_mirrored_and_shifted_images(
     variables = model.init(jax.random.key(0), images)
     views = functools.partial(data.test_time_views, flip=True, shift=1)
     eval_step = train.eval_step_fn(model, "cross_entropy", test_time_views=views)
-    loss_sum, _, count = eval_step(variables["params"], {}, images, labels, jnp.arange(6), jnp.ones(6))[:3]
+    loss_sum, _, count = eval_step(variables["params"], {}, images, labels, jnp.arange(6), jnp.ones(6))["sums"][:3]
     outputs = np.mean([model.apply(variables, view) for view in views(images)], axis=0)
     expected = np.sum(optax.softmax_cross_entropy_with_integer_labels(outputs, labels))
     np.testing.assert_allclose(loss_sum, expected, rtol=1e-5)
     plain_sum = train.eval_step_fn(model, "cross_entropy")(variables["params"], {}, images, labels, jnp.arange(6),
-                                                           jnp.ones(6))[0]  # fmt: skip
+                                                           jnp.ones(6))["sums"][0]  # fmt: skip
     assert count == 6 and abs(float(plain_sum) - float(expected)) > 1e-3
 
 
@@ -457,6 +457,43 @@ def test_per_layer_gradient_norms_show_sigmoid_vanishing_against_relu(tmp_path):
                                                if k.startswith("grad_norm/")}  # fmt: skip
     ratio = {a: r["grad_norm/conv1"] / r["grad_norm/logits"] for a, r in first_records.items()}
     assert ratio["sigmoid"] < ratio["relu"] / 10  # each sigmoid layer passes at most a quarter of the gradient
+
+
+def test_dead_relu_units_are_counted_per_layer_over_the_whole_split(rng):
+    model = models.get("lenet")
+    params = dict(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
+    params["conv1"] = {**params["conv1"], "bias": params["conv1"]["bias"].at[:3].set(-1e3)}  # 3 of 6 channels off
+    images = jnp.asarray(rng.normal(size=(23, 28, 28, 1)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 23), jnp.int32)
+    step = jax.jit(train.eval_step_fn(model, "cross_entropy", diagnostics=True))
+    evaluation = train.evaluate(step, {"params": params, "model_state": {}}, images, labels, 10, None)  # padded
+    _, captured = model.apply({"params": params}, images, capture_intermediates=True)
+    outputs = {name: np.asarray(out["__call__"][0]) for name, out in captured["intermediates"].items()
+               if name.endswith("_relu")}  # fmt: skip
+    expected = {name: float(np.mean(~np.any(y > 0, axis=tuple(range(y.ndim - 1))))) for name, y in outputs.items()}
+    assert evaluation.dead_units == expected and expected["conv1_relu"] == 0.5 and len(expected) == 4
+    record = train.make_epoch_record(1, 1, np.ones(3), 0.1, 1.0, 1.0, evaluation)
+    assert record["dead_units/conv1_relu"] == 0.5
+    quiet = jax.jit(train.eval_step_fn(model, "cross_entropy"))
+    assert train.evaluate(quiet, {"params": params, "model_state": {}}, images, labels, 10, None).dead_units == {}
+
+
+def test_dead_units_are_warned_about_and_diagnostics_can_be_switched_off(tmp_path, capsys):
+    config = small_config(tmp_path, num_epochs=2)
+    config.model.bias_init = "constant:-10"  # every ReLU starts below zero everywhere
+    results = train.train_and_evaluate(config, tmp_path / "dead")
+    out = capsys.readouterr().out
+    layers = "conv1_relu, conv2_relu, fc1_relu, fc2_relu"
+    assert out.count(f"warning: more than half of the units of {layers} are dead") == 1  # once, at epoch 1
+    assert results["dead_units"] == dict.fromkeys(layers.split(", "), 1.0)
+    epochs = [r for r in metrics.read_records(tmp_path / "dead" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert all(r["dead_units/fc1_relu"] == 1.0 for r in epochs)
+    config = small_config(tmp_path, num_epochs=1, diagnostics=False)
+    results = train.train_and_evaluate(config, tmp_path / "off")
+    records = metrics.read_records(tmp_path / "off" / "metrics.jsonl")
+    assert results["dead_units"] == {} and results["layer_grad_norms"] == {}
+    assert not any(k.startswith(("dead_units/", "grad_norm/")) for r in records for k in r)
+    assert all(r["grad_norm"] > 0 for r in records if r["kind"] == "train")  # the global norm is still logged
 
 
 def test_a_model_at_chance_level_is_warned_about(tmp_path, capsys):

@@ -264,8 +264,8 @@ def _affine(images: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndar
 def load_raw(config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[str, ...]]:
     """The raw (train, test, class names) of a ``data`` config section: uint8 NHWC images and int64 labels.
 
-    An image folder without ``test/`` has ``data.test_fraction`` of its images held out as its test split
-    (deterministically, from ``data.split_seed``)."""
+    An image folder without ``test/``, or a TFDS dataset without a test split, has ``data.test_fraction`` of its
+    training images held out as its test split (deterministically, from ``data.split_seed``)."""
     if config.name == image_folder.NAME:
         if config.data_dir is None:
             raise DataError(
@@ -281,17 +281,35 @@ def load_raw(config) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
                             folder.skipped)  # fmt: skip
         if folder.test is not None:
             return folder.train, folder.test, folder.class_names
-        images, labels = folder.train
-        count = validation_count(
-            len(labels), fraction=config.test_fraction, keys=f"data.test_fraction={config.test_fraction}"
-        )
-        train, test = split_validation(images, labels, count, [config.split_seed, 1])
-        return train, test, folder.class_names
+        return (*held_out_test(*folder.train, config), folder.class_names)
     train = load(config.name, "train", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
-    test = load(config.name, "test", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
+    if has_test_split(config.name, config.tfds_dir):
+        test = load(config.name, "test", data_dir=config.data_dir, tfds_dir=config.tfds_dir)
+    else:
+        train, test = held_out_test(*train, config)
     spec = DATASETS.get(config.name)
     num_classes = int(max(y.max(initial=0) for y in (train[1], test[1]))) + 1
     return train, test, spec.class_names if spec else tuple(str(c) for c in range(num_classes))
+
+
+def has_test_split(name: str, tfds_dir: str | None) -> bool:
+    """Whether dataset ``name`` has an official test split (a TFDS dataset not prepared yet is assumed to: loading
+    it then says what is missing)."""
+    if name in DATASETS:
+        return "test" in DATASETS[name].splits
+    from cnnjax.data import tfds_builders
+
+    splits = tfds_builders.split_names(name, tfds_dir)
+    return not splits or "test" in splits
+
+
+def held_out_test(images: np.ndarray, labels: np.ndarray, config) -> tuple[tuple, tuple]:
+    """((train images, labels), (test images, labels)): ``data.test_fraction`` of the examples held out as the
+    test split, the same ones for the same ``data.split_seed``."""
+    count = validation_count(
+        len(labels), fraction=config.test_fraction, keys=f"data.test_fraction={config.test_fraction}"
+    )
+    return split_validation(images, labels, count, [config.split_seed, 1])
 
 
 def load_splits(config) -> Splits:

@@ -216,6 +216,14 @@ def load(name: str, split: str, *, data_dir: str | None = None, tfds_dir: str | 
     return stack_examples(source.__getitems__(range(len(source))))  # batched reads: ~5x faster than one by one
 
 
+def split_names(name: str, tfds_dir: str | None) -> tuple[str, ...]:
+    """The splits of a prepared TFDS dataset (empty when it is not prepared in ``tfds_dir``)."""
+    try:
+        return tuple(tfds.builder(name, data_dir=tfds_dir).info.splits)
+    except Exception:  # noqa: BLE001 - an unknown or unreadable dataset: loading it reports the problem
+        return ()
+
+
 def _load_other(name: str, split: str, tfds_dir: str | None):
     """Any other TFDS dataset with an image and a label."""
     from cnnjax.models import did_you_mean

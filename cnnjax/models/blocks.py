@@ -31,6 +31,13 @@ def normalization(kind: str, train: bool, name: str):
     raise ValueError(f"model.norm must be one of {NORMS}, got {kind!r}")
 
 
+def activation(kind: str, layer: str):
+    """The activation ``kind`` (:data:`cnnjax.functional.ACTIVATIONS`) applied after ``layer``, called inside a Flax
+    ``@nn.compact`` method: a ReLU is a :class:`cnnjax.nn.ReLU` named ``<layer>_relu``, so the diagnostics count its
+    dead units."""
+    return cnn.ReLU(name=f"{layer}_relu") if kind == "relu" else F.activation(kind)
+
+
 def initializers(kernel_init: str, bias_init: str = "zeros") -> dict:
     """The ``kernel_init`` and ``bias_init`` keyword arguments of Conv2D and Dense from their config names
     (``model.kernel_init``, ``model.bias_init``; :func:`cnnjax.functional.initializer`)."""
@@ -57,4 +64,4 @@ def conv_norm_relu(x, features: int, kernel, *, name: str, norm: str, train: boo
     """
     init = init or initializers("he_normal")
     conv = cnn.Conv2D(features, kernel, stride=stride, padding=padding, use_bias=norm == "none", name=name, **init)
-    return F.relu(normalization(norm, train, f"{name}_norm")(conv(x)))
+    return cnn.ReLU(name=f"{name}_relu")(normalization(norm, train, f"{name}_norm")(conv(x)))

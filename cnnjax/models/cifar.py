@@ -43,12 +43,13 @@ class CifarCNN(nn.Module):
             return cnn.LRN(depth_radius=4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name=name)(y) if self.lrn else y
 
         conv1, conv2 = per_layer(self.filters, 2, "filters")
-        x = F.relu(cnn.Conv2D(conv1, self.kernel_size, padding="SAME", name="conv1", **init)(x))
+        x = cnn.ReLU(name="conv1_relu")(cnn.Conv2D(conv1, self.kernel_size, padding="SAME", name="conv1", **init)(x))
         x = norm(cnn.MaxPool2D(3, stride=2, padding="SAME", name="pool1")(x), "norm1")
-        x = norm(F.relu(cnn.Conv2D(conv2, self.kernel_size, padding="SAME", name="conv2", **init)(x)), "norm2")
+        x = cnn.ReLU(name="conv2_relu")(cnn.Conv2D(conv2, self.kernel_size, padding="SAME", name="conv2", **init)(x))
+        x = norm(x, "norm2")
         x = cnn.MaxPool2D(self.pool2_size, stride=self.pool2_stride, padding="SAME", name="pool2")(x)
         x = F.flatten(x)
         for i, features in enumerate(self.hidden, start=1):
-            x = F.relu(cnn.Dense(features, name=f"fc{i}", **init)(x))
+            x = cnn.ReLU(name=f"fc{i}_relu")(cnn.Dense(features, name=f"fc{i}", **init)(x))
             x = cnn.Dropout(self.dropout, deterministic=not train)(x)
         return cnn.Dense(self.num_classes, name="logits", **init)(x)

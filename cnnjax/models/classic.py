@@ -40,15 +40,18 @@ class AlexNet(nn.Module):
             return cnn.LRN(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, name=name)(y) if self.lrn else y
 
         f1, f2, f3, f4, f5 = self.filters
-        x = F.relu(cnn.Conv2D(f1, self.first_kernel, stride=self.first_stride, padding="SAME", name="conv1")(x))
+        x = cnn.ReLU(name="conv1_relu")(
+            cnn.Conv2D(f1, self.first_kernel, stride=self.first_stride, padding="SAME", name="conv1")(x)
+        )
         x = cnn.MaxPool2D(3, stride=2, padding="SAME", name="pool1")(norm(x, "lrn1"))
-        x = F.relu(cnn.Conv2D(f2, 5, padding="SAME", name="conv2")(x))
+        x = cnn.ReLU(name="conv2_relu")(cnn.Conv2D(f2, 5, padding="SAME", name="conv2")(x))
         x = cnn.MaxPool2D(3, stride=2, padding="SAME", name="pool2")(norm(x, "lrn2"))
         for i, features in enumerate((f3, f4, f5), start=3):
-            x = F.relu(cnn.Conv2D(features, 3, padding="SAME", name=f"conv{i}")(x))
+            x = cnn.ReLU(name=f"conv{i}_relu")(cnn.Conv2D(features, 3, padding="SAME", name=f"conv{i}")(x))
         x = F.flatten(cnn.MaxPool2D(3, stride=2, padding="SAME", name="pool5")(x))
         for i, features in enumerate(self.hidden, start=1):
-            x = cnn.Dropout(self.dropout, deterministic=not train)(F.relu(cnn.Dense(features, name=f"fc{i}")(x)))
+            x = cnn.ReLU(name=f"fc{i}_relu")(cnn.Dense(features, name=f"fc{i}")(x))
+            x = cnn.Dropout(self.dropout, deterministic=not train)(x)
         return cnn.Dense(self.num_classes, name="logits")(x)
 
 
@@ -100,9 +103,10 @@ class VGG(nn.Module):
             x = F.flatten(x)
             for i in (1, 2):
                 dense = cnn.Dense(4096, name=f"fc{i}", **dense_init)
-                x = cnn.Dropout(self.dropout, deterministic=not train)(F.relu(dense(x)))
+                x = cnn.Dropout(self.dropout, deterministic=not train)(cnn.ReLU(name=f"fc{i}_relu")(dense(x)))
         elif self.head == "cifar":
-            x = F.relu(cnn.Dense(self.hidden, name="fc1", **dense_init)(cnn.GlobalAvgPool(name="gap")(x)))
+            x = cnn.Dense(self.hidden, name="fc1", **dense_init)(cnn.GlobalAvgPool(name="gap")(x))
+            x = cnn.ReLU(name="fc1_relu")(x)
             x = cnn.Dropout(self.dropout, deterministic=not train)(x)
         else:
             raise ValueError(f"model.head must be 'imagenet' or 'cifar', got {self.head!r}")
@@ -129,7 +133,8 @@ class NiN(nn.Module):
             last = b == len(self.blocks)
             widths = (*features, self.num_classes) if last else features
             for i, width in enumerate(widths):
-                x = F.relu(cnn.Conv2D(width, kernel if i == 0 else 1, padding="SAME", name=f"block{b}_conv{i + 1}")(x))
+                conv = cnn.Conv2D(width, kernel if i == 0 else 1, padding="SAME", name=f"block{b}_conv{i + 1}")
+                x = cnn.ReLU(name=f"block{b}_conv{i + 1}_relu")(conv(x))
             if not last:
                 x = cnn.MaxPool2D(3, stride=2, padding="SAME", name=f"pool{b}")(x)
                 x = cnn.Dropout(self.dropout, deterministic=not train)(x)

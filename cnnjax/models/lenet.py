@@ -12,7 +12,7 @@ import numpy as np
 
 from cnnjax import functional as F
 from cnnjax import nn as cnn
-from cnnjax.models.blocks import initializers
+from cnnjax.models.blocks import activation, initializers
 
 # LeNet-5's Table I: which of S2's 6 maps (rows) feed each of C3's 16 maps (columns).
 C3_TABLE = np.array(
@@ -139,7 +139,6 @@ class LeNet(nn.Module):
         pools = {"max": cnn.MaxPool2D, "avg": cnn.AvgPool2D}
         if self.pool not in pools:
             raise ValueError(f"model.pool must be one of {sorted(pools)}, got {self.pool!r}")
-        act = F.activation(self.activation)
         n = len(self.filters)
         layers = zip(
             self.filters,
@@ -148,11 +147,13 @@ class LeNet(nn.Module):
             per_layer(self.padding, n, "padding"),
         )
         for i, (features, kernel, pool, padding) in enumerate(layers, start=1):
-            x = act(cnn.Conv2D(features, kernel, padding=padding, name=f"conv{i}", **init)(x))
+            x = activation(self.activation, f"conv{i}")(
+                cnn.Conv2D(features, kernel, padding=padding, name=f"conv{i}", **init)(x)
+            )
             x = pools[self.pool](pool, name=f"pool{i}")(x)
         x = F.flatten(x)
         for i, features in enumerate(self.hidden, start=1):
             x = cnn.Dropout(self.dropout, deterministic=not train)(x)
-            x = act(cnn.Dense(features, name=f"fc{i}", **init)(x))
+            x = activation(self.activation, f"fc{i}")(cnn.Dense(features, name=f"fc{i}", **init)(x))
         x = cnn.Dropout(self.dropout, deterministic=not train)(x)
         return cnn.Dense(self.num_classes, name="logits", **init)(x)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnnjax import functional as F
 from cnnjax import nn as cnn
 from cnnjax.models.blocks import conv_norm_relu, initializers, normalization
 
@@ -31,10 +30,12 @@ class BasicBlock(nn.Module):
     def __call__(self, x):
         init = initializers(self.kernel_init)
         y = cnn.Conv2D(self.features, 3, stride=self.stride, padding="SAME", use_bias=False, name="conv1", **init)(x)
-        y = F.relu(normalization(self.norm, self.train, "norm1")(y))
+        y = cnn.ReLU(name="norm1_relu")(normalization(self.norm, self.train, "norm1")(y))
         y = cnn.Conv2D(self.features, 3, padding="SAME", use_bias=False, name="conv2", **init)(y)
         y = normalization(self.norm, self.train, "norm2")(y)
-        return F.relu(y + shortcut(x, self.features, self.stride, self.shortcut, self.norm, self.train, init))
+        return cnn.ReLU(name="out_relu")(
+            y + shortcut(x, self.features, self.stride, self.shortcut, self.norm, self.train, init)
+        )
 
 
 class Bottleneck(nn.Module):
@@ -51,10 +52,16 @@ class Bottleneck(nn.Module):
     def __call__(self, x):
         init = initializers(self.kernel_init)
         conv = lambda f, k, s, name: cnn.Conv2D(f, k, stride=s, padding="SAME", use_bias=False, name=name, **init)  # noqa: E731
-        y = F.relu(normalization(self.norm, self.train, "norm1")(conv(self.features, 1, 1, "conv1")(x)))
-        y = F.relu(normalization(self.norm, self.train, "norm2")(conv(self.features, 3, self.stride, "conv2")(y)))
+        y = cnn.ReLU(name="norm1_relu")(
+            normalization(self.norm, self.train, "norm1")(conv(self.features, 1, 1, "conv1")(x))
+        )
+        y = cnn.ReLU(name="norm2_relu")(
+            normalization(self.norm, self.train, "norm2")(conv(self.features, 3, self.stride, "conv2")(y))
+        )
         y = normalization(self.norm, self.train, "norm3")(conv(4 * self.features, 1, 1, "conv3")(y))
-        return F.relu(y + shortcut(x, 4 * self.features, self.stride, self.shortcut, self.norm, self.train, init))
+        return cnn.ReLU(name="out_relu")(
+            y + shortcut(x, 4 * self.features, self.stride, self.shortcut, self.norm, self.train, init)
+        )
 
 
 def shortcut(x, features: int, stride: int, kind: str, norm: str, train: bool, init: dict):
@@ -104,11 +111,11 @@ class ResNet(nn.Module):
         init = initializers(conv_init)
         if self.stem == "imagenet":
             x = cnn.Conv2D(width, 7, stride=2, padding=3, use_bias=False, name="stem", **init)(x)
-            x = F.relu(normalization(self.norm, train, "stem_norm")(x))
+            x = cnn.ReLU(name="stem_relu")(normalization(self.norm, train, "stem_norm")(x))
             x = cnn.MaxPool2D(3, stride=2, padding=1, name="stem_pool")(x)
         else:
             x = cnn.Conv2D(width, 3, padding="SAME", use_bias=False, name="stem", **init)(x)
-            x = F.relu(normalization(self.norm, train, "stem_norm")(x))
+            x = cnn.ReLU(name="stem_relu")(normalization(self.norm, train, "stem_norm")(x))
         for stage, blocks in enumerate(stages):
             for index in range(blocks):
                 stride = 2 if stage > 0 and index == 0 else 1
