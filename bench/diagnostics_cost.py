@@ -1,10 +1,11 @@
 """What ``train.diagnostics`` (per-layer gradient norms, dead ReLU units) costs, side by side in one process.
 
-    PYTHONPATH=. .venv/bin/python bench/diagnostics_cost.py [--experiments=lenet,resnet9] [--rounds=7] [--steps=50]
+    PYTHONPATH=. .venv/bin/python bench/diagnostics_cost.py [--experiments=lenet,resnet9] [--rounds=7] [--steps=100]
 
-For each experiment, its training step compiled with the diagnostics on and off (from the same state, on random
-data of its shapes, ``--steps`` steps per call), and its evaluation pass over 6,000 images (lenet's validation
-split) on and off; all four run in interleaved rounds. Prints images/s and each on/off time ratio; writes
+For each experiment, its training step as the run compiles it (returning every layer's gradient norm, which it
+computes for the global norm anyway) and the same step returning the global norm only, from the same state on random
+data of its shapes (``--steps`` steps per call), and its evaluation pass over 6,000 images (lenet's validation split)
+with and without the dead-unit counts; all four run in interleaved rounds. Prints images/s and each on/off time ratio; writes
 ``bench/results/diagnostics_cost-<cpu>.json``.
 """
 
@@ -15,7 +16,6 @@ import importlib
 
 import jax
 import numpy as np
-import recipe_cost
 import workloads
 
 from cnnjax import models, train
@@ -23,13 +23,41 @@ from cnnjax import models, train
 EVAL_IMAGES = 6000
 
 
-def eval_runners(base) -> dict:
-    """'eval on' / 'eval off' -> a callable running one evaluation pass of ``base``'s model over random images."""
+def random_split(base, count: int):
+    """(model, image shape, images, labels): ``count`` random examples of ``base``'s shapes on the device."""
     model = models.get(base.model.name, **{k: v for k, v in base.model.items() if k != "name"})
     shape = train.expected_image_shape(base.data)
     rng = np.random.default_rng(0)
-    images = jax.device_put(rng.standard_normal((EVAL_IMAGES, *shape)).astype(np.float32))
-    labels = jax.device_put(rng.integers(0, 10, EVAL_IMAGES).astype(np.int32))
+    images = jax.device_put(rng.standard_normal((count, *shape)).astype(np.float32))
+    return model, shape, images, jax.device_put(rng.integers(0, 10, count).astype(np.int32))
+
+
+def without_layer_norms(train_fn):
+    """The training step returning the global gradient norm only."""
+
+    def step(*args):
+        state, step_metrics = train_fn(*args)
+        return state, {k: v for k, v in step_metrics.items() if k != "layer_grad_norms"}
+
+    return step
+
+
+def train_runners(base, steps: int) -> dict:
+    """'train on' / 'train off' -> a callable running ``steps`` training steps of ``base``."""
+    model, shape, images, labels = random_split(base, steps * base.data.batch_size)
+    optimizer, train_fn, _, _, _ = train.compiled_steps(base, model, steps)
+    runners = {}
+    for label, step_fn in (("train on", train_fn), ("train off", without_layer_norms(train_fn))):
+        state, key = train.run_state(base, model, optimizer, shape)  # one each: the steps donate their states
+        batches = [(images, labels, jax.device_put(index), key)
+                   for index in np.arange(len(labels), dtype=np.int32).reshape(steps, -1)]  # fmt: skip
+        runners[label] = workloads.runner(jax.jit(step_fn, donate_argnums=0), state, batches)
+    return runners
+
+
+def eval_runners(base) -> dict:
+    """'eval on' / 'eval off' -> a callable running one evaluation pass of ``base``'s model over random images."""
+    model, _, images, labels = random_split(base, EVAL_IMAGES)
     variables = dict(jax.jit(model.init)(jax.random.key(0), images[:1]))
     state = {"params": variables.pop("params"), "model_state": variables}
     runners = {}
@@ -43,13 +71,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--experiments", default="lenet,resnet9")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
     results = {}
     for name in args.experiments.split(","):
         base = importlib.import_module(f"experiments.{name}").get_config()
-        variants = {"train on": {"train.diagnostics": True}, "train off": {"train.diagnostics": False}}
-        runs = {**recipe_cost.step_runners(base, args.steps, variants), **eval_runners(base)}
+        runs = {**train_runners(base, args.steps), **eval_runners(base)}
         medians = workloads.interleaved_medians(runs, args.rounds)
         batch = base.data.batch_size
         entry = {

@@ -43,9 +43,8 @@ def variant(config, overrides: dict):
     return config
 
 
-def step_runners(base, steps: int, variants: dict) -> dict:
-    """label -> a callable running ``steps`` training steps of ``base`` with that label's overrides
-    (``{'train.ema_decay': 0.999}``) of ``variants``."""
+def step_runners(base, steps: int) -> dict:
+    """label -> a callable running ``steps`` training steps of that variant of ``base``."""
     model = models.get(base.model.name, **{k: v for k, v in base.model.items() if k != "name"})
     shape = train.expected_image_shape(base.data)
     rng = np.random.default_rng(0)
@@ -55,7 +54,7 @@ def step_runners(base, steps: int, variants: dict) -> dict:
     preprocessing = data.Preprocessing(0, np.full(shape[-1], 1 / 255 / 0.3, np.float32),
                                        np.full(shape[-1], -0.5 / 0.3, np.float32))  # fmt: skip
     runners = {}
-    for label, overrides in variants.items():
+    for label, overrides in {"baseline": {}, **OPTIONS}.items():
         config = variant(base, overrides)
         optimizer, _, step, _, _ = train.compiled_steps(config, model, steps, preprocessing)
         state, key = train.run_state(config, model, optimizer, shape)
@@ -74,9 +73,7 @@ def main() -> None:
     results = {}
     for name in args.experiments.split(","):
         base = importlib.import_module(f"experiments.{name}").get_config()
-        medians = workloads.interleaved_medians(
-            step_runners(base, args.steps, {"baseline": {}, **OPTIONS}), args.rounds
-        )
+        medians = workloads.interleaved_medians(step_runners(base, args.steps), args.rounds)
         batch = base.data.batch_size
         results[name] = {
             "batch_size": batch,

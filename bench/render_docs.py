@@ -237,12 +237,14 @@ def batch_regimes(base: Path = ROOT) -> str:
         return _missing("batch_regimes")
     path, r = found
     lines = [
-        "| batch | SGD rate | validation | test | training | whole run |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| batch | SGD rate | validation | test | training | whole run | validation at each rate tried |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for size, e in r["regimes"].items():
-        lines.append(f"| {size} | {e['learning_rate']:g} | {100 * e['val_accuracy']:.2f}% | {100 * e['test_accuracy']:.2f}% | "
-                     f"{e['train_time_s']:.1f} s | {e['wall_time_s']:.1f} s |")  # fmt: skip
+        tried = ", ".join(f"{float(rate):.3g}: " + ("diverged" if t.get("diverged") else f"{100 * t['val_accuracy']:.1f}%")
+                          for rate, t in e["tried"].items())  # fmt: skip
+        lines.append(f"| {size} | {e['learning_rate']:.3g} | {100 * e['val_accuracy']:.2f}% | {100 * e['test_accuracy']:.2f}% | "
+                     f"{e['train_time_s']:.1f} s | {e['wall_time_s']:.1f} s | {tried} |")  # fmt: skip
     epochs = f"{r['epochs']} epoch{'s' if r['epochs'] > 1 else ''}"
     return "\n".join(lines) + f"\n\n`{r['experiment']}`, {epochs} each ({hardware(r)}; {_link(path, base)})."
 
