@@ -30,6 +30,17 @@ def op_names(hlo_text: str) -> dict[str, str]:
     return dict(pattern.findall(hlo_text))
 
 
+def layer_and_pass(source: str) -> tuple[str, str]:
+    """('conv2', 'backward') from 'jit(train_step)/transpose(jvp(LeNet))/conv2/onednn_conv'; outside the model's
+    forward and backward passes (the optimizer, the loss, the batch gather) and for what XLA added, ``(what, 'other')``."""
+    if not source:
+        return "added by XLA", "other"
+    parts = source.split("/")
+    if len(parts) < 4 or not parts[1].startswith(("jvp(", "transpose(jvp(")):
+        return "optimizer, loss, batch gather", "other"
+    return parts[2], "backward" if parts[1].startswith("transpose(") else "forward"
+
+
 def operation_times(trace_dir: Path) -> collections.Counter:
     """Total microseconds per event name in the trace that jax.profiler wrote under ``trace_dir``."""
     (trace,) = trace_dir.glob("**/*.trace.json.gz")
@@ -68,9 +79,14 @@ def main() -> None:
         print(
             f"{us / args.steps / 1e3:8.2f} ms  {100 * us / total:5.1f}%  {name:<28} {names[name] or '(added by XLA)'}"
         )
+    by_layer = collections.defaultdict(collections.Counter)
+    for name, us in operations.items():
+        layer, part = layer_and_pass(names[name])
+        by_layer[layer][part] += us / args.steps / 1e6
     result = {"model": args.model, "batch": workloads.BATCH, "steps": args.steps, "step_wall_s": wall / args.steps,
               "traced_s_per_step": total / args.steps / 1e6,
-              "top_operations": [{"name": n, "s_per_step": us / args.steps / 1e6, "source": names[n]} for n, us in top]}  # fmt: skip
+              "top_operations": [{"name": n, "s_per_step": us / args.steps / 1e6, "source": names[n]} for n, us in top],
+              "s_per_step_by_layer": by_layer}  # fmt: skip
     print(f"wrote {workloads.write_result(f'profile_step-{args.model}', result)}")
 
 

@@ -205,7 +205,7 @@ def time_to_accuracy(base: Path = ROOT) -> str:
         machines.add(hardware(r))
     if (found := _single("whole_run_vs_pytorch")) is not None:
         path, r = found
-        parts = [f"`{name}` ({e['epochs']} epochs) **{e['ratio']:.2f}x** ({e['cnnjax_s']:.0f} s vs {e['torch_s']:.0f} s)"
+        parts = [f"`{name}` ({e['epochs']} epoch{'s' if e['epochs'] > 1 else ''}) **{e['ratio']:.2f}x** ({e['cnnjax_s']:.0f} s vs {e['torch_s']:.0f} s)"
                  for name, e in r["experiments"].items()]  # fmt: skip
         lines.append(f"- Whole runs against PyTorch {r['torch']} eager doing the same work: {', '.join(parts)} "
                      f"({_link(path, base)})")  # fmt: skip
@@ -273,7 +273,33 @@ def diagnostics_cost(base: Path = ROOT) -> str:
     return f"With the diagnostics on vs off: {'; '.join(parts)} ({hardware(r)}; {_link(path, base)})."
 
 
+def step_profile(base: Path = ROOT) -> str:
+    """Where LeNet's training step spends its time: per layer and pass, and the convolutions' share."""
+    if (found := _single("profile_step-lenet")) is None:
+        return _missing("profile_step")
+    path, r = found
+    total = r["traced_s_per_step"]
+    layers = sorted(r["s_per_step_by_layer"].items(), key=lambda item: -sum(item[1].values()))
+    lines = [
+        "| part of the step | forward ms | backward ms | other ms | share |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for layer, parts in layers:
+        cells = [f"{1e3 * parts[p]:.2f}" if p in parts else "" for p in ("forward", "backward")]
+        other = sum(s for p, s in parts.items() if p not in ("forward", "backward"))
+        lines.append(f"| {layer} | {' | '.join(cells)} | {f'{1e3 * other:.2f}' if other else ''} | "
+                     f"{100 * sum(parts.values()) / total:.1f}% |")  # fmt: skip
+    convolutions = sum(
+        op["s_per_step"] for op in r["top_operations"] if op["source"].endswith(("onednn_conv", "conv_general_dilated"))
+    )
+    return "\n".join(lines) + (
+        f"\n\nConvolutions: **{100 * convolutions / total:.0f}%** of the traced time. `{r['model']}`, batch {r['batch']}, "
+        f"under the profiler ({1e3 * r['step_wall_s']:.1f} ms per step; {hardware(r)}; {_link(path, base)})."
+    )
+
+
 BLOCKS = {
+    "step_profile": step_profile,
     "batch_size_speed": batch_size_speed,
     "batch_regimes": batch_regimes,
     "vanishing_gradients": vanishing_gradients,

@@ -133,6 +133,12 @@ def vector_isa() -> str:
     return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
 
 
+def result_path(name: str) -> Path:
+    """``bench/results/<name>-<cpu>.json`` for this machine's CPU."""
+    cpu = re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")
+    return Path(__file__).resolve().parent / "results" / f"{name}-{cpu}.json"
+
+
 def write_result(name: str, result: dict) -> Path:
     """Writes ``bench/results/<name>-<cpu>.json``: ``result`` with the hardware, versions, commit and date."""
     import jaxlib
@@ -151,11 +157,7 @@ def write_result(name: str, result: dict) -> Path:
         "date": time.strftime("%Y-%m-%d"),
         **result,
     }
-    path = (
-        Path(__file__).resolve().parent
-        / "results"
-        / f"{name}-{re.sub(r'[^a-z0-9]+', '-', cpu.lower()).strip('-')}.json"
-    )
+    path = result_path(name)
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
