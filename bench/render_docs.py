@@ -186,6 +186,15 @@ def recipe_accuracy(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n`{r['experiment']}`, {r['epochs']} epochs each; {hardware(r)}; {_link(path, base)}."
 
 
+def _phases(entry: dict) -> str:
+    """'; cnnjax: start-up 7 s, training 49 s, the rest 6 s; training alone 1.57x' where the phases were measured."""
+    if "cnnjax_phases_s" not in entry:
+        return ""
+    p = entry["cnnjax_phases_s"]
+    return (f"; cnnjax's start-up {p['start_up']:.0f} s, training {p['training']:.0f} s, validation, checkpoints and "
+            f"test {p['rest']:.0f} s: PyTorch's whole run over cnnjax's training alone {entry['torch_s'] / p['training']:.2f}x")  # fmt: skip
+
+
 def time_to_accuracy(base: Path = ROOT) -> str:
     """Start-up, the loop against its step, whole runs against PyTorch and the speedruns, one line each."""
     lines, machines = [], set()
@@ -205,8 +214,8 @@ def time_to_accuracy(base: Path = ROOT) -> str:
         machines.add(hardware(r))
     if (found := _single("whole_run_vs_pytorch")) is not None:
         path, r = found
-        parts = [f"`{name}` ({e['epochs']} epoch{'s' if e['epochs'] > 1 else ''}) **{e['ratio']:.2f}x** ({e['cnnjax_s']:.0f} s vs {e['torch_s']:.0f} s)"
-                 for name, e in r["experiments"].items()]  # fmt: skip
+        parts = [f"`{name}` ({e['epochs']} epoch{'s' if e['epochs'] > 1 else ''}) **{e['ratio']:.2f}x** "
+                 f"({e['cnnjax_s']:.0f} s vs {e['torch_s']:.0f} s{_phases(e)})" for name, e in r["experiments"].items()]  # fmt: skip
         lines.append(f"- Whole runs against PyTorch {r['torch']} eager doing the same work: {', '.join(parts)} "
                      f"({_link(path, base)})")  # fmt: skip
         machines.add(hardware(r))

@@ -126,14 +126,23 @@ def timed(command: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - start
 
 
+def run_phases(command_s: float, results: dict) -> dict:
+    """Splits a cnnjax command's ``command_s`` seconds by its ``results.json``: start-up (to the first training step,
+    imports included), training, and the rest (validation passes, checkpoints, the test, exit)."""
+    start_up = command_s - results["wall_time_s"] + results["time_to_first_step_s"]
+    training = results["train_time_s"]
+    return {"start_up": start_up, "training": training, "rest": command_s - start_up - training}
+
+
 def compare(name: str, epochs: int, rounds: int) -> dict:
-    cnnjax_s, torch_s, accuracies = [], [], {}
+    cnnjax_s, torch_s, phases, accuracies = [], [], [], {}
     for _ in range(rounds):
         workdir = Path(tempfile.mkdtemp(prefix=f"cnnjax-{name}-"))
         env = {**os.environ, "CNNJAX_COMPILATION_CACHE": str(workdir / "xla")}  # empty: compiles as a first run does
         command = [sys.executable, "launch.py", f"--experiment={name}", f"--config.train.num_epochs={epochs}"]
         cnnjax_s.append(timed([*command, f"--workdir={workdir / 'run'}"], env))
         results = json.loads((workdir / "run" / "results.json").read_text())
+        phases.append(run_phases(cnnjax_s[-1], results))
         accuracies["cnnjax"] = {k: results[k] for k in ("val_accuracy", "test_accuracy")}
         torch_s.append(
             timed([sys.executable, __file__, f"--torch={name}", f"--epochs={epochs}", f"--workdir={workdir}"])
@@ -146,6 +155,7 @@ def compare(name: str, epochs: int, rounds: int) -> dict:
         "all_cnnjax_s": cnnjax_s,
         "all_torch_s": torch_s,
         "accuracy": accuracies,
+        "cnnjax_phases_s": {part: statistics.median(p[part] for p in phases) for part in phases[0]},
     }
     entry["ratio"] = entry["torch_s"] / entry["cnnjax_s"]
     return entry
