@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -72,13 +73,27 @@ def _scalars(record: dict) -> dict:
     return {f"{record['kind']}/{k}": v for k, v in record.items() if k not in skip and isinstance(v, (int, float))}
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch where the process has not imported it: tensorboardX
+    imports an installed torch only to annotate its argument types (2-4 s of start-up on a 2-core CPU), and cnnjax
+    passes it NumPy arrays and floats."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorBoardLogger:
     """Scalars, images and hyperparameters as TensorBoard event files in ``workdir/tensorboard``."""
 
     def __init__(self, workdir: Path, resume_step: int, run_name: str):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+        self.writer = summary_writer_class()(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
     def scalars(self, values: dict, step: int) -> None:
         for tag, value in values.items():

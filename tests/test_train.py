@@ -390,6 +390,22 @@ def test_loggers_get_the_scalars_figures_and_hyperparameters_offline(tmp_path, m
         train.check_config(config)
 
 
+def test_the_tensorboard_logger_leaves_an_installed_torch_unimported(tmp_path):
+    """A stand-in ``torch`` package on the path marks an import; the logger still writes its events."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("import sys\nsys.stderr.write('torch imported')\n")
+    script = (
+        "import sys; from pathlib import Path; from cnnjax import metrics\n"
+        "writer = metrics.TensorBoardLogger(Path(sys.argv[1]), 0, 'run')\n"
+        "writer.scalars({'epoch/val_accuracy': 0.5}, 1); writer.close()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False" and "torch imported" not in done.stderr
+    assert b"epoch/val_accuracy" in b"".join(p.read_bytes() for p in (tmp_path / "tensorboard").glob("events.out.*"))
+
+
 def test_convergence_criteria_end_training_and_say_which_fired_and_when(tmp_path):
     baseline = train.train_and_evaluate(small_config(tmp_path, num_epochs=4), tmp_path / "baseline")
     records = metrics.read_records(tmp_path / "baseline" / "metrics.jsonl")
