@@ -264,9 +264,9 @@ def _train_group(configs: list, workdirs: list[Path], model) -> list[dict]:
         alive_host = np.asarray(alive)
         for m in range(k):
             metas[m].update(alive=bool(alive_host[m]), train_time_s=train_time)
-            checkpoints[m].save(step, _member(state, m), metas[m])
-            if improved is not None and improved[m]:
+            if improved is not None and improved[m]:  # first: the periodic checkpoint is then its copy
                 checkpoints[m].save_best(step, _member(state, m), metas[m])
+            checkpoints[m].save(step, _member(state, m), metas[m])
 
     budget, stopped = train.Budget.of(c, workdirs[0]), None
     plateau_steps = jax.jit(jax.vmap(functools.partial(optim.plateau_update, base.optim)))

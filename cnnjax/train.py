@@ -929,11 +929,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
         )
         if val is not None and raw is not None:  # both ways: the moving average's (above) and the trained weights'
             epoch_record.update(val_loss_raw=raw.loss, val_accuracy_raw=raw.accuracy)
-        if val is not None:
-            if epoch_callback is not None:
-                epoch_callback(epoch + 1, epoch_record["val_accuracy"])
-            if meta.get("best_step") == step:
-                checkpoints.save_best(step, state, meta)
+        if val is not None and epoch_callback is not None:
+            epoch_callback(epoch + 1, epoch_record["val_accuracy"])
         writer.write(epoch_record)
         metrics.log_line(_epoch_line(epoch_record, c.num_epochs))
         if c.loss == "cross_entropy" and at_chance_level(
@@ -949,6 +946,8 @@ def _train(config, model, workdir: Path, started: float, epoch_callback=None) ->
             criterion = meta["converged"]
             metrics.log_line(f"converged at epoch {epoch + 1}: {criterion['criterion']} holds "
                              f"({criterion['value']:.4g})")  # fmt: skip
+        if meta.get("best_step") == step:  # first: the periodic checkpoint of the step is then its copy
+            checkpoints.save_best(step, state, meta)
         checkpoints.save(step, state, meta)
         if stopped:
             metrics.log_line(f"stopped at step {step}: the budget {stopped} is spent")

@@ -25,6 +25,26 @@ def test_checkpoint_round_trip_and_architecture_mismatch(tmp_path):
     manager.close()
 
 
+def test_the_periodic_checkpoint_of_a_best_step_is_its_verified_copy_and_keeps_the_last_k(tmp_path):
+    manager = checkpoint.Checkpoints(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        state = {"step": jnp.array(step), "params": {"dense": {"kernel": jnp.full((2, 3), float(step))}}}
+        manager.save_best(step, state, {"best": step})
+        manager.save(step, state, {"best": step})
+    assert manager.periodic.all_steps() == [2, 3] and manager.best.all_steps() == [3]
+    assert checkpoint.file_checksums(tmp_path / "periodic" / "3") == checkpoint.file_checksums(tmp_path / "best" / "3")
+    checkpoint.verify(tmp_path / "periodic" / "3")
+    restored, meta = manager.restore(3, state)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)
+    assert meta == {"best": 3}
+    (tmp_path / "periodic" / ("4" + checkpoint.COPYING)).mkdir()  # a copy killed half-way
+    again = checkpoint.Checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in (tmp_path / "periodic").iterdir()) == ["2", "3"]
+    assert again.restore_latest(state)[0] == 3
+    manager.close()
+    again.close()
+
+
 def test_find_names_best_then_latest_and_read_variables_needs_no_template(tmp_path):
     state = {"step": jnp.array(1, jnp.int32), "params": {"dense": {"kernel": jnp.ones((2, 3))}}, "model_state": {}}
     manager = checkpoint.Checkpoints(tmp_path / "run" / "checkpoints", keep=2)

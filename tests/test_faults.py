@@ -4,6 +4,7 @@ disks, and sweeps killed at random moments. Each ends in one clear line and lose
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,31 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     assert Checkpoints(tmp_path, keep=3).restore_latest(tiny_state(0))[0] == 1
 
 
+def test_a_full_disk_while_copying_the_best_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    checkpoints = saved_checkpoints(tmp_path, steps=(1,))
+    checkpoints.save_best(2, tiny_state(2), {"step": 2})
+    real_copy, real_copytree = shutil.copy2, shutil.copytree
+
+    def copy_then_full(source, target, **kwargs):
+        real_copy(source, target, **kwargs)
+        if Path(target).name == checkpoint.CHECKSUMS or Path(source).parent.name == "d":
+            disk_full()
+
+    monkeypatch.setattr(
+        checkpoint.shutil, "copytree", lambda s, t, *_: real_copytree(s, t, copy_function=copy_then_full)
+    )
+    with pytest.raises(rundir.RunDirectoryError) as error:
+        checkpoints.save(2, tiny_state(2), {"step": 2})
+    message = str(error.value)
+    assert "\n" not in message and "checkpoint step 2" in message and "checkpoint step 1 is intact" in message
+    assert "no space left on the device" in message
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "periodic").iterdir()) == ["1"]  # nothing half-copied is left
+    assert Checkpoints(tmp_path, keep=3).restore_latest(tiny_state(0))[0] == 1
+    checkpoints.save(2, tiny_state(2), {"step": 2})
+    assert Checkpoints(tmp_path, keep=3).restore_latest(tiny_state(0))[0] == 2
+
+
 def test_a_full_disk_leaves_the_metrics_log_and_json_files_as_they_were(tmp_path, monkeypatch):
     writer = metrics.MetricsWriter(tmp_path)
     writer.write({"kind": "train", "step": 1, "loss": 1.0})
@@ -181,7 +207,7 @@ def test_a_full_disk_during_training_is_one_line_and_the_rerun_ends_as_an_uninte
 
     async def full_at_the_second_save(*args, **kwargs):
         saves[0] += 1
-        if saves[0] == 3:  # epoch 1's periodic and best checkpoints are written; epoch 2's is not
+        if saves[0] == 2:  # epoch 1's best checkpoint is written (its periodic one is a copy); epoch 2's is not
             disk_full()
         return await real_save(*args, **kwargs)
 
