@@ -1,7 +1,17 @@
-"""The PyTorch twins of the zoo models the benchmarks train (NCHW), importing only torch: the whole-run comparison
-runs them in processes that must not pay for importing JAX."""
+"""The PyTorch twins of the zoo models the benchmarks train (NCHW), importing only torch, and their training step
+served to a benchmark from a process of their own:
+
+    python bench/torch_twins.py MODEL STEPS HEIGHT WIDTH CHANNELS BATCH
+
+trains MODEL on STEPS fixed random batches once per line read from stdin and answers each with a line. PyTorch runs
+8-20% slower in a process that has loaded JAX (measured for LeNet on a 2-core Xeon), so the comparisons keep it in
+one that has not.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import torch
 from torch import nn as tnn
@@ -80,3 +90,32 @@ TORCH_MODELS = {
     "resnet20": torch_resnet20,
     "resnet9": torch_resnet9,
 }
+
+
+def train_steps(name: str, steps: int, shape: tuple[int, int, int], batch: int):
+    """A function running ``steps`` Adam (1e-3) training steps of TORCH_MODELS[name] on fixed random (batch, C, H, W)
+    batches of ``shape`` (H, W, C)."""
+    h, w, c = shape
+    model = TORCH_MODELS[name]()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(steps, batch, c, h, w, generator=generator)
+    labels = torch.randint(0, 10, (steps, batch), generator=generator)
+    loss_fn = tnn.CrossEntropyLoss()
+
+    def run():
+        for x, y in zip(images, labels):
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+
+    return run
+
+
+if __name__ == "__main__":
+    name, steps, height, width, channels, batch = sys.argv[1], *map(int, sys.argv[2:])
+    torch.set_num_threads(os.cpu_count())
+    run = train_steps(name, steps, (height, width, channels), batch)
+    for _ in sys.stdin:
+        run()
+        print("done", flush=True)

@@ -1,12 +1,13 @@
 """Training throughput of cnnjax against PyTorch eager on this machine, measured side by side.
 
     .venv/bin/pip install torch==2.13.0   # the CPU wheel on this machine's disk
-    PYTHONPATH=. .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=30] [--models=lenet,mnist_cnn,cifar_cnn,resnet20,resnet9]
+    PYTHONPATH=. .venv/bin/python bench/vs_pytorch.py [--rounds=5] [--steps=N] [--models=lenet,mnist_cnn,cifar_cnn,resnet20,resnet9]
 
 For each model the same architecture, batch (128), optimizer (Adam 1e-3) and data shape are trained in rounds that
 alternate cnnjax (its real jitted train step: device-resident data, donated state, on as many CPU devices as the
 model's experiment splits the CPU into, bench/cpu_devices.py), the same step without oneDNN's convolutions
-(``CNNJAX_ONEDNN=0``: XLA's and the banded ones, cnnjax.onednn) and PyTorch eager; the medians of images/s, the
+(``CNNJAX_ONEDNN=0``: XLA's and the banded ones, cnnjax.onednn) and PyTorch eager (in a process of its own that
+has not loaded JAX: bench/torch_twins.py); the medians of images/s, the
 ratios cnnjax / PyTorch and cnnjax / cnnjax without oneDNN, cnnjax's GFLOP/s (3x the forward FLOPs of
 cnnjax.summary per image) and its fraction of the float32 matmul peak measured in the same run are printed. Each
 model runs in a process of its own: splitting the CPU for a model enlarges XLA's thread pools for the whole process
@@ -16,17 +17,16 @@ model runs in a process of its own: splitting the CPU for a model enlarges XLA's
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import torch
 import workloads
-from torch import nn as tnn
-from torch_twins import TORCH_MODELS
 from workloads import BATCH
 
 from cnnjax import onednn, summary
@@ -53,6 +53,17 @@ def cnnjax_runner(name: str, steps: int):
     return workloads.runner(step, state, batches), flops, compile_s
 
 
+def round_steps(name: str, seconds: float = 3.0) -> int:
+    """Steps per round for rounds of about ``seconds`` of cnnjax's step, at least 30: PyTorch's eager step runs
+    faster over long stretches than over a round's first steps (LeNet's by 20-30% from 30 steps to 421 on a 2-core
+    Xeon), so short rounds would favour cnnjax."""
+    run, _, _ = cnnjax_runner(name, 30)
+    run()
+    start = time.perf_counter()
+    run()
+    return max(30, round(seconds * 30 / (time.perf_counter() - start)))
+
+
 def cnnjax_without_onednn_runner(name: str, steps: int):
     """The same step with conv2d's default lowering leaving oneDNN out; traced (by a first run) under the opt-out."""
     os.environ[onednn.OPT_OUT] = "0"
@@ -66,20 +77,19 @@ def cnnjax_without_onednn_runner(name: str, steps: int):
 
 
 def torch_runner(name: str, steps: int):
-    h, w, c = workloads.MODELS[name].image_shape
-    model = TORCH_MODELS[name]()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(steps, BATCH, c, h, w, generator=generator)
-    labels = torch.randint(0, 10, (steps, BATCH), generator=generator)
-    loss_fn = tnn.CrossEntropyLoss()
+    """A function running ``steps`` PyTorch eager training steps in a process without JAX (bench/torch_twins.py),
+    timed from here: a round trip through its pipe costs well under 1 ms of a round's hundreds."""
+    shape = workloads.MODELS[name].image_shape
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("torch_twins.py")), name, str(steps), *map(str, shape), str(BATCH)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
     def run():
-        for x, y in zip(images, labels):
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
+        worker.stdin.write("run\n")
+        worker.stdin.flush()
+        if worker.stdout.readline() != "done\n":
+            raise RuntimeError(f"the PyTorch worker for {name} stopped (exit status {worker.poll()})")
 
     return run
 
@@ -87,8 +97,8 @@ def torch_runner(name: str, steps: int):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--models", default=",".join(TORCH_MODELS))
+    parser.add_argument("--steps", type=int, default=0, help="per round (default: round_steps)")
+    parser.add_argument("--models", default=",".join(workloads.MODELS))
     args = parser.parse_args()
     names = args.models.split(",")
     if len(names) > 1:  # one process per model (see above)
@@ -97,11 +107,12 @@ def main() -> None:
             subprocess.run(command, check=True)
         return
     workloads.split_cpu_for(names)
-    torch.set_num_threads(2)
+    torch_version = importlib.metadata.version("torch")
     peak = matmul_peak_gflops()
-    print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__}; batch {BATCH}, {args.steps} "
-          f"steps per round, medians of {args.rounds} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
     (name,) = names
+    args.steps = args.steps or round_steps(name)
+    print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch_version}; batch {BATCH}, {args.steps} "
+          f"steps per round, medians of {args.rounds} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")  # fmt: skip
     ours, flops, compile_s = cnnjax_runner(name, args.steps)
     runs = {
         "cnnjax": ours,
@@ -118,7 +129,7 @@ def main() -> None:
           f"{workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
     path = workloads.write_result(
         f"vs_pytorch-{name}",
-        {"model": name, "torch": torch.__version__, "batch": BATCH, "steps": args.steps, "rounds": args.rounds,
+        {"model": name, "torch": torch_version, "batch": BATCH, "steps": args.steps, "rounds": args.rounds,
          "images_per_sec": {"cnnjax": cnnjax_rate, "cnnjax_without_onednn": without_rate, "torch_eager": torch_rate},
          "ratio_vs_torch": cnnjax_rate / torch_rate, "onednn_gain": cnnjax_rate / without_rate, "gflops": gflops,
          "matmul_peak_gflops": peak, "compile_s": compile_s, "cpu_devices": workloads.MODELS[name].cpu_devices},

@@ -127,8 +127,9 @@ def timed(command: list[str], env: dict | None = None) -> float:
 
 
 def run_phases(command_s: float, results: dict) -> dict:
-    """Splits a cnnjax command's ``command_s`` seconds by its ``results.json``: start-up (to the first training step,
-    imports included), training, and the rest (validation passes, checkpoints, the test, exit)."""
+    """Splits a cnnjax command's ``command_s`` seconds by its ``results.json``: start-up (to the end of the first
+    training step, imports and compilation included), training (the epochs, that first step included), and the rest
+    (validation passes, checkpoints, the test, exit: a lower bound, as the first step counts twice)."""
     start_up = command_s - results["wall_time_s"] + results["time_to_first_step_s"]
     training = results["train_time_s"]
     return {"start_up": start_up, "training": training, "rest": command_s - start_up - training}

@@ -1,6 +1,6 @@
 """The models the benchmarks train, as cnnjax builds them, with their jitted train step and random data.
 
-The PyTorch twins of these models are in bench/vs_pytorch.py.
+The PyTorch twins of these models are in bench/torch_twins.py.
 """
 
 from __future__ import annotations

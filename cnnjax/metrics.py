@@ -137,20 +137,26 @@ class WandbLogger:
 
 class MLflowLogger:
     """MLflow (``pip install 'cnnjax[mlflow]'``): one MLflow run per run directory (its id kept in
-    ``mlflow_run_id``), in ``MLFLOW_TRACKING_URI`` (default: the SQLite store ``<workdir>/mlflow.db``, MLflow's
-    own default kind of store; a server's URL or a ``file:`` store work the same)."""
+    ``mlflow_run_id``), in ``MLFLOW_TRACKING_URI`` (default: the SQLite store ``<workdir>/mlflow.db`` with the
+    artifacts in ``<workdir>/mlruns``, MLflow's own default kind of store; a server's URL or a ``file:`` store work
+    the same, with their own artifact locations)."""
 
     def __init__(self, workdir: Path, resume_step: int, run_name: str):
         import mlflow
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').absolute()}"
-        self.client = mlflow.MlflowClient(uri)
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        artifacts = None if uri else (workdir / "mlruns").absolute().as_uri()  # not MLflow's ./mlruns of the cwd
+        self.client = mlflow.MlflowClient(uri or f"sqlite:///{(workdir / 'mlflow.db').absolute()}")
         id_path = workdir / "mlflow_run_id"
         if id_path.exists():
             self.run_id = id_path.read_text().strip()
         else:
             experiment = self.client.get_experiment_by_name("cnnjax")
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("cnnjax")
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else self.client.create_experiment("cnnjax", artifact_location=artifacts)
+            )
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
             write_text(id_path, self.run_id + "\n")
 

@@ -380,6 +380,7 @@ def test_loggers_get_the_scalars_figures_and_hyperparameters_offline(tmp_path, m
     assert run.data.metrics["final.test_accuracy"] == pytest.approx(results["test_accuracy"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"test_confusion_matrix_18.png",
                                                                         "learning_curves_18.png"}  # fmt: skip
+    assert {p.name for p in (tmp_path / "run" / "mlruns").rglob("*.png")} >= {"learning_curves_18.png"}  # not ./mlruns
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 1000
     events = b"".join(p.read_bytes() for p in (tmp_path / "run" / "tensorboard").glob("events.out.*"))
