@@ -9,6 +9,7 @@ figure in the documents cannot drift from the file it was measured into (tests/t
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -60,10 +61,17 @@ def experiments_table(base: Path = ROOT) -> str:
 
 
 def vs_pytorch(base: Path = ROOT) -> str:
-    """A table of cnnjax's and PyTorch's training images/s per model, their ratio and oneDNN's gain."""
-    found = {r["model"]: (p, r) for p, r in _results("vs_pytorch")}
-    if not found:
+    """Per machine, a table of cnnjax's and PyTorch's training images/s per model, their ratio and oneDNN's gain."""
+    machines: dict[str, dict[str, tuple[Path, dict]]] = {}
+    for path, r in _results("vs_pytorch"):
+        machines.setdefault(hardware(r), {})[r["model"]] = (path, r)
+    if not machines:
         return _missing("vs_pytorch")
+    return "\n\n".join(_vs_pytorch_table(found, base) for _, found in sorted(machines.items()))
+
+
+def _vs_pytorch_table(found: dict[str, tuple[Path, dict]], base: Path) -> str:
+    """The table of one machine's result files, ``{model: (path, result)}``."""
     lines = [
         "| model | cnnjax images/s | PyTorch eager | cnnjax / PyTorch | with / without oneDNN's convolutions | result file |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
@@ -80,20 +88,30 @@ def vs_pytorch(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n{hardware(first)}, torch {first['torch']}, batch {first['batch']}, Adam."
 
 
-def _single(name: str) -> tuple[Path, dict] | None:
-    found = _results(name)
-    return found[0] if found else None
+def per_machine(prefix: str, separator: str = "\n\n"):
+    """Makes a renderer of one result file, ``(path, result, base) -> str``, a block: ``(base) -> str`` rendering each
+    machine's ``<prefix>-<cpu>.json`` in turn, joined by ``separator``."""
+
+    def decorate(render_one):
+        @functools.wraps(render_one)
+        def block(base: Path = ROOT) -> str:
+            found = _results(prefix)
+            if not found:
+                return _missing(prefix.split("-")[0])
+            return separator.join(render_one(path, r, base) for path, r in found)
+
+        return block
+
+    return decorate
 
 
 def _missing(name: str) -> str:
     return f"(not measured yet: `PYTHONPATH=. .venv/bin/python bench/{name}.py`)"
 
 
-def conv_lowerings(base: Path = ROOT) -> str:
+@per_machine("conv_lowering")
+def conv_lowerings(path: Path, r: dict, base: Path) -> str:
     """Per layer: each lowering's forward+backward milliseconds, and XLA's time over the fastest other lowering."""
-    if (found := _single("conv_lowering")) is None:
-        return _missing("conv_lowering")
-    path, r = found
     names = list(next(iter(r["convolutions"].values()))["median_s"])
     lines = [f"| layer (batch {r['batch']}) | " + " | ".join(names) + " | XLA / fastest |",
              "| --- |" + " ---: |" * (len(names) + 1)]  # fmt: skip
@@ -103,20 +121,16 @@ def conv_lowerings(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\nmilliseconds; {hardware(r)}; {_link(path, base)}"
 
 
-def max_pools(base: Path = ROOT) -> str:
+@per_machine("conv_lowering", separator="; ")
+def max_pools(path: Path, r: dict, base: Path) -> str:
     """Per pooling layer: reduce_window's forward+backward time over cnnjax's."""
-    if (found := _single("conv_lowering")) is None:
-        return _missing("conv_lowering")
-    path, r = found
     parts = [f"{label}: {entry['reduce_window_over_cnnjax']:.2f}x" for label, entry in r["max_pool"].items()]
     return "; ".join(parts) + f" ({hardware(r)}; {_link(path, base)})"
 
 
-def xla_options(base: Path = ROOT) -> str:
+@per_machine("xla_options")
+def xla_options(path: Path, r: dict, base: Path) -> str:
     """Per model: images/s under each XLA:CPU setting as a ratio to XLA's default."""
-    if (found := _single("xla_options")) is None:
-        return _missing("xla_options")
-    path, r = found
     settings = list(next(iter(r["images_per_sec"].values())))
     lines = ["| model | " + " | ".join(settings) + " |", "| --- |" + " ---: |" * len(settings)]
     for model, rates in r["images_per_sec"].items():
@@ -136,20 +150,16 @@ def sweep_crossover(base: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def cpu_devices(base: Path = ROOT) -> str:
+@per_machine("cpu_devices")
+def cpu_devices(path: Path, r: dict, base: Path) -> str:
     """Per model: two CPU devices' images/s over one device's."""
-    if (found := _single("cpu_devices")) is None:
-        return _missing("cpu_devices")
-    path, r = found
     parts = [f"{model} {rates['ratio']:.2f}x" for model, rates in r["images_per_sec"].items()]
     return f"{r['devices']} devices over one: " + ", ".join(parts) + f" ({hardware(r)}; {_link(path, base)})"
 
 
-def fault_injection(base: Path = ROOT) -> str:
+@per_machine("fault_injection")
+def fault_injection(path: Path, r: dict, base: Path) -> str:
     """Per scenario: faults injected, whether the run ended equal to the uninterrupted one, the time lost per fault."""
-    if (found := _single("fault_injection")) is None:
-        return _missing("fault_injection")
-    path, r = found
     lines = ["| scenario | fault | faults that hit | checkpoints damaged | ended equal | uninterrupted | lost per fault |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: |"]  # fmt: skip
     for row in r["scenarios"]:
@@ -159,11 +169,9 @@ def fault_injection(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n{hardware(r)}; {_link(path, base)}."
 
 
-def recipe_cost(base: Path = ROOT) -> str:
+@per_machine("recipe_cost")
+def recipe_cost(path: Path, r: dict, base: Path) -> str:
     """Per recipe option: the step time with it over the experiment's own, per experiment."""
-    if (found := _single("recipe_cost")) is None:
-        return _missing("recipe_cost")
-    path, r = found
     names = list(r["experiments"])
     lines = ["| option | " + " | ".join(f"`{n}` (batch {r['experiments'][n]['batch_size']})" for n in names) + " |",
              "| --- |" + " ---: |" * len(names)]  # fmt: skip
@@ -174,11 +182,9 @@ def recipe_cost(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n{hardware(r)}; {_link(path, base)}."
 
 
-def recipe_accuracy(base: Path = ROOT) -> str:
+@per_machine("recipe_accuracy-resnet9")
+def recipe_accuracy(path: Path, r: dict, base: Path) -> str:
     """Per recipe: validation and test accuracy and the wall time at one budget, the winner chosen on validation."""
-    if (found := _single("recipe_accuracy-resnet9")) is None:
-        return _missing("recipe_accuracy")
-    path, r = found
     lines = ["| recipe | validation | test |", "| --- | ---: | ---: |"]
     for name, run in r["runs"].items():
         mark = " (chosen)" if name == r["winner"] else ""
@@ -196,56 +202,56 @@ def _phases(entry: dict) -> str:
             f"test at least {p['rest']:.0f} s: PyTorch's whole run over cnnjax's training alone {entry['torch_s'] / p['training']:.2f}x")  # fmt: skip
 
 
+def _startup_line(path: Path, r: dict, base: Path) -> str:
+    return (f"- First training step of `lenet`: **{r['first_step_cold_cache_s']:.1f} s** after the command (empty "
+            f"compilation cache; {r['first_step_warm_cache_s']:.1f} s with it warm; imports {r['imports_s']:.1f} s)")  # fmt: skip
+
+
+def _loop_overhead_line(path: Path, r: dict, base: Path) -> str:
+    parts = [f"`{name}` {100 * e['overhead']:.1f}% ({e['loop_images_per_sec']:,.0f} vs "
+             f"{e['step_images_per_sec']:,.0f} images/s)" for name, e in r["experiments"].items()]  # fmt: skip
+    return f"- The training loop's overhead over its jitted step alone (loop vs step): {', '.join(parts)}"
+
+
+def _whole_run_line(path: Path, r: dict, base: Path) -> str:
+    parts = [f"`{name}` ({e['epochs']} epoch{'s' if e['epochs'] > 1 else ''}) **{e['ratio']:.2f}x** "
+             f"({e['cnnjax_s']:.0f} s vs {e['torch_s']:.0f} s{_phases(e)})" for name, e in r["experiments"].items()]  # fmt: skip
+    return f"- Whole runs against PyTorch {r['torch']} eager doing the same work: {', '.join(parts)}"
+
+
+def _speedrun_line(path: Path, r: dict, base: Path) -> str:
+    runs = ", ".join(f"{100 * run['test_accuracy']:.2f}% in {run['wall_s']:.0f} s" for run in r["runs"])
+    seeds = ", ".join(str(run["seed"]) for run in r["runs"])
+    return (f"- `{r['command'].split('=')[-1]}`, {100 * r['target_accuracy']:.0f}% test in "
+            f"{_minutes(r['target_seconds'])}: {'met' if r['met'] else '**not met**'} for seeds {seeds} ({runs})")  # fmt: skip
+
+
+TIME_TO_ACCURACY = {"startup-lenet": _startup_line, "loop_overhead": _loop_overhead_line,
+                    "whole_run_vs_pytorch": _whole_run_line, "speedrun": _speedrun_line}  # fmt: skip
+
+
 def time_to_accuracy(base: Path = ROOT) -> str:
-    """Start-up, the loop against its step, whole runs against PyTorch and the speedruns, one line each."""
-    lines, machines = [], set()
-    if (found := _single("startup-lenet")) is not None:
-        path, r = found
-        lines.append(f"- First training step of `lenet`: **{r['first_step_cold_cache_s']:.1f} s** after the command "
-                     f"(empty compilation cache; {r['first_step_warm_cache_s']:.1f} s with it warm; imports "
-                     f"{r['imports_s']:.1f} s) ({_link(path, base)})")  # fmt: skip
-        machines.add(hardware(r))
-    if (found := _single("loop_overhead")) is not None:
-        path, r = found
-        parts = [f"`{name}` {100 * e['overhead']:.1f}% ({e['loop_images_per_sec']:,.0f} vs "
-                 f"{e['step_images_per_sec']:,.0f} images/s)" for name, e in r["experiments"].items()]  # fmt: skip
-        lines.append(
-            f"- The training loop's overhead over its jitted step alone (loop vs step): {', '.join(parts)} ({_link(path, base)})"
-        )
-        machines.add(hardware(r))
-    if (found := _single("whole_run_vs_pytorch")) is not None:
-        path, r = found
-        parts = [f"`{name}` ({e['epochs']} epoch{'s' if e['epochs'] > 1 else ''}) **{e['ratio']:.2f}x** "
-                 f"({e['cnnjax_s']:.0f} s vs {e['torch_s']:.0f} s{_phases(e)})" for name, e in r["experiments"].items()]  # fmt: skip
-        lines.append(f"- Whole runs against PyTorch {r['torch']} eager doing the same work: {', '.join(parts)} "
-                     f"({_link(path, base)})")  # fmt: skip
-        machines.add(hardware(r))
-    for path, r in _results("speedrun"):
-        runs = ", ".join(f"{100 * run['test_accuracy']:.2f}% in {run['wall_s']:.0f} s" for run in r["runs"])
-        seeds = ", ".join(str(run["seed"]) for run in r["runs"])
-        lines.append(f"- `{r['command'].split('=')[-1]}`, {100 * r['target_accuracy']:.0f}% test in "
-                     f"{_minutes(r['target_seconds'])}: {'met' if r['met'] else '**not met**'} for seeds {seeds} "
-                     f"({runs}) ({_link(path, base)})")  # fmt: skip
-        machines.add(hardware(r))
-    if not lines:
+    """Start-up, the loop against its step, whole runs against PyTorch and the speedruns: one line per result file,
+    grouped by the machine they were measured on."""
+    machines: dict[str, list[str]] = {}
+    for prefix, line in TIME_TO_ACCURACY.items():
+        for path, r in _results(prefix):
+            machines.setdefault(hardware(r), []).append(f"{line(path, r, base)} ({_link(path, base)})")
+    if not machines:
         return _missing("startup")
-    return "\n".join(lines) + f"\n\n{'; '.join(sorted(machines))}."
+    return "\n\n".join(f"On a {machine}:\n\n" + "\n".join(lines) for machine, lines in sorted(machines.items()))
 
 
-def batch_size_speed(base: Path = ROOT) -> str:
+@per_machine("batch_size_speed-lenet")
+def batch_size_speed(path: Path, r: dict, base: Path) -> str:
     """The training loop's images/s per batch size."""
-    if (found := _single("batch_size_speed-lenet")) is None:
-        return _missing("batch_size_speed")
-    path, r = found
     parts = ", ".join(f"{rate:,.0f} at batch {size}" for size, rate in r["images_per_sec"].items())
     return f"`{r['experiment']}`: {parts} images/s ({hardware(r)}; {_link(path, base)})"
 
 
-def batch_regimes(base: Path = ROOT) -> str:
+@per_machine("batch_regimes-lenet")
+def batch_regimes(path: Path, r: dict, base: Path) -> str:
     """Per-example against mini-batch training: a table per batch size of the best rate's accuracy and times."""
-    if (found := _single("batch_regimes-lenet")) is None:
-        return _missing("batch_regimes")
-    path, r = found
     lines = [
         "| batch | SGD rate | validation | test | training | whole run | validation at each rate tried |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -259,11 +265,9 @@ def batch_regimes(base: Path = ROOT) -> str:
     return "\n".join(lines) + f"\n\n`{r['experiment']}`, {epochs} each ({hardware(r)}; {_link(path, base)})."
 
 
-def vanishing_gradients(base: Path = ROOT) -> str:
+@per_machine("vanishing_gradients")
+def vanishing_gradients(path: Path, r: dict, base: Path) -> str:
     """The first step's per-layer gradient norms of the sigmoid LeNet against ReLU's, and their accuracies."""
-    if (found := _single("vanishing_gradients")) is None:
-        return _missing("vanishing_gradients")
-    path, r = found
     parts = []
     for activation, e in r["runs"].items():
         norms = ", ".join(f"{layer} {norm:.2g}" for layer, norm in e["first_step_grad_norms"].items())
@@ -272,22 +276,18 @@ def vanishing_gradients(base: Path = ROOT) -> str:
     return "\n".join(parts) + f"\n\n{hardware(r)}; {_link(path, base)}."
 
 
-def diagnostics_cost(base: Path = ROOT) -> str:
+@per_machine("diagnostics_cost")
+def diagnostics_cost(path: Path, r: dict, base: Path) -> str:
     """The training step's and the evaluation's speed with ``train.diagnostics`` on and off."""
-    if (found := _single("diagnostics_cost")) is None:
-        return _missing("diagnostics_cost")
-    path, r = found
     parts = [f"`{name}` step {e['train_images_per_sec']['on']:,.0f} vs {e['train_images_per_sec']['off']:,.0f} "
              f"images/s (**{e['train_cost']:.3f}x** the time), evaluation {e['eval_images_per_sec']['on']:,.0f} vs "
              f"{e['eval_images_per_sec']['off']:,.0f} ({e['eval_cost']:.3f}x)" for name, e in r["experiments"].items()]  # fmt: skip
     return f"With the diagnostics on vs off: {'; '.join(parts)} ({hardware(r)}; {_link(path, base)})."
 
 
-def step_profile(base: Path = ROOT) -> str:
+@per_machine("profile_step-lenet")
+def step_profile(path: Path, r: dict, base: Path) -> str:
     """Where LeNet's training step spends its time: per layer and pass, and the convolutions' share."""
-    if (found := _single("profile_step-lenet")) is None:
-        return _missing("profile_step")
-    path, r = found
     total = r["traced_s_per_step"]
     layers = sorted(r["s_per_step_by_layer"].items(), key=lambda item: -sum(item[1].values()))
     lines = [
