@@ -6,7 +6,8 @@ For each experiment (on the prepared offline data), each round trains a fresh ru
 (``train.limit_batches``) through ``train.train_and_evaluate`` — with everything it logs — and reads the second
 epoch's images/s from its metrics.jsonl (the first includes compiling); then it runs the same compiled step on the
 same data alone, ``--steps`` times from the batch indices already on the device. The loop's overhead is
-1 - loop / step (medians over the rounds). Writes ``bench/results/loop_overhead-<cpu>.json``.
+1 - loop / step (medians over the rounds; every round's figures are kept too, as this machine's speed varies by
+5-10% from one to the next). Writes ``bench/results/loop_overhead-<cpu>.json``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> None:
         for _ in range(args.rounds):
             loop.append(loop_images_per_sec(config))
             step.append(step_images_per_sec(config, splits, args.steps))
-        entry = {"loop_images_per_sec": statistics.median(loop), "step_images_per_sec": statistics.median(step)}
+        entry = {"loop_images_per_sec": statistics.median(loop), "step_images_per_sec": statistics.median(step),
+                 "all_loop_images_per_sec": loop, "all_step_images_per_sec": step}  # fmt: skip
         entry["overhead"] = 1 - entry["loop_images_per_sec"] / entry["step_images_per_sec"]
         result["experiments"][name] = entry
         print(f"{name}: loop {entry['loop_images_per_sec']:,.0f} img/s, step alone "
