@@ -21,7 +21,7 @@ import numpy as np
 
 from cnnjax import backend, models, optim, parallel, train
 from cnnjax.config import base_config
-from experiments import mnist_cnn, resnet, resnet9
+from experiments import cifar_cnn, mnist_cnn, resnet, resnet9
 
 BATCH = 128
 MNIST_CNN = mnist_cnn.get_config()
@@ -39,7 +39,9 @@ MODELS = {
     "mnist_cnn": Workload(
         lambda: models.get(**MNIST_CNN.model), (28, 28, 1), cpu_devices=max(1, MNIST_CNN.train.cpu_devices)
     ),
-    "cifar_cnn": Workload(lambda: models.get("cifar_cnn"), (32, 32, 3)),
+    "cifar_cnn": Workload(
+        lambda: models.get("cifar_cnn"), (32, 32, 3), backend.XlaOptions.of(cifar_cnn.get_config().train)
+    ),
     "resnet20": Workload(
         lambda: models.get("resnet", depth=20), (32, 32, 3), backend.XlaOptions.of(resnet.get_config().train)
     ),
