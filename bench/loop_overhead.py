@@ -7,7 +7,8 @@ For each experiment (on the prepared offline data), each round trains a fresh ru
 epoch's images/s from its metrics.jsonl (the first includes compiling); then it runs the same compiled step on the
 same data alone, ``--steps`` times from the batch indices already on the device. The loop's overhead is
 1 - loop / step (medians over the rounds; every round's figures are kept too, as this machine's speed varies by
-5-10% from one to the next). Writes ``bench/results/loop_overhead-<cpu>.json``.
+5-10% from one to the next). Writes ``bench/results/loop_overhead-<cpu>.json``, keeping the experiments this run
+did not measure from the machine's earlier file (with the commit that measured them).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main() -> None:
         result["experiments"][name] = entry
         print(f"{name}: loop {entry['loop_images_per_sec']:,.0f} img/s, step alone "
               f"{entry['step_images_per_sec']:,.0f} img/s: overhead {100 * entry['overhead']:.1f}%")  # fmt: skip
+    result["measured_at"] = workloads.kept_from_before(result, "loop_overhead", same=("steps",))
     print(f"wrote {workloads.write_result('loop_overhead', result)}")
 
 

@@ -162,22 +162,6 @@ def compare(name: str, epochs: int, rounds: int) -> dict:
     return entry
 
 
-def kept_from_before(result: dict, path: Path) -> dict:
-    """Adds to ``result['experiments']`` the experiments of the result file at ``path`` that this run did not
-    measure (same PyTorch version); returns experiment -> {commit, date} of the run that measured each kept one."""
-    if not path.exists():
-        return {}
-    before = json.loads(path.read_text())
-    if before.get("torch") != result["torch"]:
-        return {}
-    measured_at = {}
-    for name, entry in before["experiments"].items():
-        if name not in result["experiments"]:
-            result["experiments"][name] = entry
-            measured_at[name] = before.get("measured_at", {}).get(name, {k: before[k] for k in ("commit", "date")})
-    return measured_at
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--experiments", default="lenet,resnet")
@@ -201,7 +185,7 @@ def main() -> None:
         print(f"{name} ({count} epochs): cnnjax {entry['cnnjax_s']:.1f} s, PyTorch eager {entry['torch_s']:.1f} s: "
               f"{entry['ratio']:.2f}x; test accuracy {100 * entry['accuracy']['cnnjax']['test_accuracy']:.2f}% vs "
               f"{100 * entry['accuracy']['torch']['test_accuracy']:.2f}%")  # fmt: skip
-    result["measured_at"] = kept_from_before(result, workloads.result_path("whole_run_vs_pytorch"))
+    result["measured_at"] = workloads.kept_from_before(result, "whole_run_vs_pytorch", same=("torch",))
     print(f"wrote {workloads.write_result('whole_run_vs_pytorch', result)}")
 
 

@@ -141,6 +141,26 @@ def result_path(name: str) -> Path:
     return Path(__file__).resolve().parent / "results" / f"{name}-{cpu}.json"
 
 
+def kept_from_before(result: dict, name: str, same: tuple[str, ...] = ()) -> dict:
+    """Adds to ``result['experiments']`` the experiments of this machine's earlier ``<name>`` result file that this
+    run did not measure, if that file has the same values of the keys ``same``; returns experiment -> {commit, date}
+    of the run that measured each kept one."""
+    path = result_path(name)
+    if not path.exists():
+        return {}
+    before = json.loads(path.read_text())
+    if any(before.get(key) != result[key] for key in same):
+        return {}
+    measured_at = {}
+    for experiment, entry in before["experiments"].items():
+        if experiment not in result["experiments"]:
+            result["experiments"][experiment] = entry
+            measured_at[experiment] = before.get("measured_at", {}).get(
+                experiment, {k: before[k] for k in ("commit", "date")}
+            )
+    return measured_at
+
+
 def write_result(name: str, result: dict) -> Path:
     """Writes ``bench/results/<name>-<cpu>.json``: ``result`` with the hardware, versions, commit and date."""
     import jaxlib
