@@ -223,7 +223,7 @@ def _speedrun_line(path: Path, r: dict, base: Path) -> str:
     runs = ", ".join(f"{100 * run['test_accuracy']:.2f}% in {run['wall_s']:.0f} s" for run in r["runs"])
     seeds = ", ".join(str(run["seed"]) for run in r["runs"])
     return (f"- `{r['command'].split('=')[-1]}`, {100 * r['target_accuracy']:.0f}% test in "
-            f"{_minutes(r['target_seconds'])}: {'met' if r['met'] else '**not met**'} for seeds {seeds} ({runs})")  # fmt: skip
+            f"{_minutes(r['target_seconds'])}: {'met' if r['met'] else '**not met**'} for seed{'s' * (len(r['runs']) > 1)} {seeds} ({runs})")  # fmt: skip
 
 
 TIME_TO_ACCURACY = {"startup-lenet": _startup_line, "loop_overhead": _loop_overhead_line,
