@@ -10,7 +10,7 @@ and selecting an epoch adds nothing when the schedule decays to zero. The recipe
 Lookahead, label smoothing, CutMix) did not beat this recipe at a short budget (bench/results/recipe_accuracy-*.json).
 
 Measured (bench/results/speedrun-speedrun_94-*.json): 508-522 s on a 2-core Intel Xeon (AVX-512), where the step
-ran at about 1,200 images/s; 1,082 s (94.38%, seed 0) on a 2-core AMD EPYC (AVX2) at 680 images/s, so the goal is
+ran at about 1,450 images/s; 1,082 s (94.38%, seed 0) on a 2-core AMD EPYC (AVX2) at 680 images/s, so the goal is
 not met there.
 """
 
