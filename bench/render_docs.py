@@ -42,16 +42,17 @@ def _minutes(seconds: float) -> str:
 
 
 def experiments_table(base: Path = ROOT) -> str:
-    """The results table: one row per experiment-*.json, in EXPERIMENT_ORDER, and the hardware they ran on."""
-    rows = {r["benchmark"].removeprefix("experiment-"): (p, r) for p, r in _results("experiment")}
+    """The results table: one row per experiment-*.json (per experiment and machine), in EXPERIMENT_ORDER, and the
+    hardware they ran on."""
+    rows = {(r["benchmark"].removeprefix("experiment-"), hardware(r)): (p, r) for p, r in _results("experiment")}
     if not rows:
         return _missing("experiment_runs")
     lines = [
         "| experiment | params | test accuracy (val) | wall time | command | result file |",
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
-    for name in sorted(rows, key=lambda n: (EXPERIMENT_ORDER + (n,)).index(n)):
-        path, r = rows[name]
+    for name, machine in sorted(rows, key=lambda key: ((EXPERIMENT_ORDER + key[:1]).index(key[0]), key[1])):
+        path, r = rows[name, machine]
         lines.append(
             f"| `{name}` | {r['params']:,} | {100 * r['test_accuracy']:.2f}% ({100 * r['val_accuracy']:.2f}%) | "
             f"{_minutes(r['process_wall_s'])} | `{r['command']}` | {_link(path, base)} |"
