@@ -136,8 +136,9 @@ def vector_isa() -> str:
 
 
 def result_path(name: str) -> Path:
-    """``bench/results/<name>-<cpu>.json`` for this machine's CPU."""
-    cpu = re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")
+    """``bench/results/<name>-<cpu>-<isa>.json`` for this machine's CPU: one model name (e.g. 'AMD EPYC') can stand
+    for CPUs with different vector units, whose figures differ."""
+    cpu = re.sub(r"[^a-z0-9]+", "-", f"{cpu_name()} {vector_isa()}".lower()).strip("-")
     return Path(__file__).resolve().parent / "results" / f"{name}-{cpu}.json"
 
 
@@ -162,7 +163,7 @@ def kept_from_before(result: dict, name: str, same: tuple[str, ...] = ()) -> dic
 
 
 def write_result(name: str, result: dict) -> Path:
-    """Writes ``bench/results/<name>-<cpu>.json``: ``result`` with the hardware, versions, commit and date."""
+    """Writes ``bench/results/<name>-<cpu>-<isa>.json``: ``result`` with the hardware, versions, commit and date."""
     import jaxlib
 
     cpu = cpu_name()
