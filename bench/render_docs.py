@@ -74,8 +74,9 @@ def vs_pytorch(base: Path = ROOT) -> str:
 def _vs_pytorch_table(found: dict[str, tuple[Path, dict]], base: Path) -> str:
     """The table of one machine's result files, ``{model: (path, result)}``."""
     lines = [
-        "| model | cnnjax images/s | PyTorch eager | cnnjax / PyTorch | with / without oneDNN's convolutions | result file |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| model | cnnjax images/s | PyTorch eager | cnnjax / PyTorch | with / without oneDNN's convolutions "
+        "| at `matmul_precision=bfloat16` | result file |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for model, label in TORCH_MODELS.items():
         if model in found:
@@ -83,10 +84,15 @@ def _vs_pytorch_table(found: dict[str, tuple[Path, dict]], base: Path) -> str:
             rates = r["images_per_sec"]
             lines.append(
                 f"| {label} | {rates['cnnjax']:,.0f} | {rates['torch_eager']:,.0f} | **{r['ratio_vs_torch']:.2f}x** | "
-                f"{r['onednn_gain']:.2f}x | {_link(path, base)} |"
+                f"{r['onednn_gain']:.2f}x | {_gain(r.get('bfloat16_gain'))} | {_link(path, base)} |"
             )
     first = next(iter(found.values()))[1]
     return "\n".join(lines) + f"\n\n{hardware(first)}, torch {first['torch']}, batch {first['batch']}, Adam."
+
+
+def _gain(gain: float | None) -> str:
+    """A ratio as '1.22x'; '-' where it was not measured (bfloat16 on a CPU that would emulate it)."""
+    return "-" if gain is None else f"{gain:.2f}x"
 
 
 def per_machine(prefix: str, separator: str = "\n\n"):

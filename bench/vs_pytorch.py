@@ -6,9 +6,10 @@
 For each model the same architecture, batch (128), optimizer (Adam 1e-3) and data shape are trained in rounds that
 alternate cnnjax (its real jitted train step: device-resident data, donated state, on as many CPU devices as the
 model's experiment splits the CPU into, bench/cpu_devices.py), the same step without oneDNN's convolutions
-(``CNNJAX_ONEDNN=0``: XLA's and the banded ones, cnnjax.onednn) and PyTorch eager (in a process of its own that
-has not loaded JAX: bench/torch_twins.py); the medians of images/s, the
-ratios cnnjax / PyTorch and cnnjax / cnnjax without oneDNN, cnnjax's GFLOP/s (3x the forward FLOPs of
+(``CNNJAX_ONEDNN=0``: XLA's and the banded ones, cnnjax.onednn), on a CPU that multiplies bfloat16 in hardware
+the same step at ``train.matmul_precision=bfloat16`` (its convolutions multiplied in bfloat16), and PyTorch eager
+(in a process of its own that has not loaded JAX: bench/torch_twins.py); the medians of images/s, the ratios
+cnnjax / PyTorch, cnnjax / cnnjax without oneDNN and at bfloat16 precision / cnnjax, cnnjax's GFLOP/s (3x the forward FLOPs of
 cnnjax.summary per image) and its fraction of the float32 matmul peak measured in the same run are printed. Each
 model runs in a process of its own: splitting the CPU for a model enlarges XLA's thread pools for the whole process
 (``parallel.split_cpu``), which cost LeNet ~5% when they shared one.
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import workloads
 from workloads import BATCH
 
-from cnnjax import onednn, summary
+from cnnjax import onednn, summary, train
 
 
 def matmul_peak_gflops(rounds: int = 5) -> float:
@@ -76,6 +77,12 @@ def cnnjax_without_onednn_runner(name: str, steps: int):
     return run
 
 
+def cnnjax_bfloat16_runner(name: str, steps: int):
+    """The same step traced at ``jax.default_matmul_precision('bfloat16')``, as ``train.matmul_precision`` does."""
+    _, _, step, state, batches = workloads.train_workload(name, steps)
+    return workloads.runner(train.with_matmul_precision(step, "bfloat16"), state, batches)
+
+
 def torch_runner(name: str, steps: int):
     """A function running ``steps`` PyTorch eager training steps in a process without JAX (bench/torch_twins.py),
     timed from here: a round trip through its pipe costs well under 1 ms of a round's hundreds."""
@@ -119,19 +126,26 @@ def main() -> None:
         "without": cnnjax_without_onednn_runner(name, args.steps),
         "torch": torch_runner(name, args.steps),
     }
+    if onednn.native_bfloat16():
+        runs["bfloat16"] = cnnjax_bfloat16_runner(name, args.steps)
     seconds = workloads.interleaved_medians(runs, args.rounds)
-    cnnjax_rate, without_rate, torch_rate = (args.steps * BATCH / seconds[label] for label in runs)
+    rates = {label: args.steps * BATCH / seconds[label] for label in runs}
+    cnnjax_rate, without_rate, torch_rate = rates["cnnjax"], rates["without"], rates["torch"]
+    bfloat16_gain = rates["bfloat16"] / cnnjax_rate if "bfloat16" in rates else None
     gflops = cnnjax_rate * flops / 1e9
     print(f"{name:>10}: cnnjax {cnnjax_rate:8,.0f} img/s  torch eager {torch_rate:8,.0f} img/s  "
           f"ratio {cnnjax_rate / torch_rate:.2f}x  (without oneDNN {without_rate:8,.0f} img/s: {without_rate / torch_rate:.2f}x "
           f"torch, oneDNN's gain {cnnjax_rate / without_rate:.2f}x)  cnnjax {gflops:5.1f} GFLOP/s = "
           f"{100 * gflops / peak:4.1f}% of peak  (train step compile {compile_s:.1f} s; "
           f"{workloads.MODELS[name].cpu_devices} CPU device(s))")  # fmt: skip
+    if bfloat16_gain:
+        print(f"{name:>10}: at matmul_precision=bfloat16 {rates['bfloat16']:8,.0f} img/s: {bfloat16_gain:.2f}x cnnjax")
     path = workloads.write_result(
         f"vs_pytorch-{name}",
         {"model": name, "torch": torch_version, "batch": BATCH, "steps": args.steps, "rounds": args.rounds,
          "images_per_sec": {"cnnjax": cnnjax_rate, "cnnjax_without_onednn": without_rate, "torch_eager": torch_rate},
-         "ratio_vs_torch": cnnjax_rate / torch_rate, "onednn_gain": cnnjax_rate / without_rate, "gflops": gflops,
+         "ratio_vs_torch": cnnjax_rate / torch_rate, "onednn_gain": cnnjax_rate / without_rate,
+         "bfloat16_images_per_sec": rates.get("bfloat16"), "bfloat16_gain": bfloat16_gain, "gflops": gflops,
          "matmul_peak_gflops": peak, "compile_s": compile_s, "cpu_devices": workloads.MODELS[name].cpu_devices},
     )  # fmt: skip
     print(f"wrote {path}")

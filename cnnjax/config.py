@@ -123,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
             "num_devices": 1,  # data parallelism over this many devices (0: all devices of all processes)
             "cpu_devices": 0,  # > 0: split the host CPU into this many devices (parallel.split_cpu; 0: JAX's one)
             "compute_dtype": "float32",  # float32 | bfloat16 (mixed precision: float32 parameters and optimizer)
+            # JAX's default_matmul_precision while tracing the steps: 'bfloat16' multiplies float32 convolutions in
+            # bfloat16 (on CPUs with AVX512_BF16 or AMX: oneDNN's; on GPUs and TPUs: XLA's), activations stay float32
+            "matmul_precision": "default",
             "xla_cpu_ynn_fusion": "",  # XLA:CPU ops run by YNNPACK, e.g. 'dot,eltwise,reduce' ('': cnnjax.backend's)
             "xla_cpu_cse": True,  # False: XLA:CPU without common-subexpression elimination (backend.XlaOptions)
             "xla_gpu_deterministic": True,  # XLA:GPU's deterministic ops: bitwise-identical runs and resumes on GPUs

@@ -98,7 +98,8 @@ class Predictor:
         class scores of the outputs averaged over the run's test-time views (as the run's evaluation)."""
         _, scores_fn = train.LOSSES[self.card["loss"]]
         views = functools.partial(data.test_time_views, **self.card["test_time_views"])
-        outputs_of = train.eval_outputs_fn(self.model, self.card["compute_dtype"], views)
+        outputs_of = train.with_matmul_precision(train.eval_outputs_fn(self.model, self.card["compute_dtype"], views),
+                                                 self.card.get("matmul_precision", "default"))  # fmt: skip
         return lambda variables, x: jax.nn.softmax(scores_fn(outputs_of(variables, x)), axis=-1)
 
     def read(self, paths) -> np.ndarray:

@@ -36,6 +36,8 @@ def describe(config, splits) -> dict:
         "loss": config.train.loss,
         "compute_dtype": config.train.compute_dtype,
         "dataset": config.data.name,
+        # only where set: the cards of runs at the default precision stay as they were written
+        **({"matmul_precision": precision} if (precision := config.train.matmul_precision) != "default" else {}),
     }
 
 

@@ -44,6 +44,7 @@ LOSSES = {
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+MATMUL_PRECISIONS = ("default", "bfloat16", "tensorfloat32", "float32")  # jax.default_matmul_precision's names
 
 
 class TrainingDiverged(RuntimeError):
@@ -109,6 +110,9 @@ def check_config(config):
         raise ValueError(
             f"config.train.compute_dtype={config.train.compute_dtype!r} is invalid: choose one of {COMPUTE_DTYPES}"
         )
+    if config.train.matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"config.train.matmul_precision={config.train.matmul_precision!r} is invalid: choose one of "
+                         f"{MATMUL_PRECISIONS}")  # fmt: skip
     parallel.split_cpu(config.train.cpu_devices)  # before the options below start JAX
     backend.XlaOptions.of(config.train).compiler_options()
     devices = parallel.num_devices(config.train.num_devices)
@@ -422,6 +426,20 @@ def outputs_and_activity_fn(model, compute_dtype: str = "float32", test_time_vie
     return outputs_of
 
 
+def with_matmul_precision(fn, precision: str):
+    """``fn`` tracing its operations under ``jax.default_matmul_precision(precision)`` ('default': as it is), so that
+    the precision is part of the jitted program whatever the caller's context."""
+    if precision == "default":
+        return fn
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+
+    return traced
+
+
 def _view_items(config) -> tuple:
     """``data.test_time_views``'s keyword arguments for ``config``, as hashable items."""
     return (("flip", config.data.test_time_flip), ("shift", config.data.test_time_shift))
@@ -429,14 +447,15 @@ def _view_items(config) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def _cached_steps(model, optim_items: tuple, steps_per_epoch: int, num_epochs: int, loss: str, label_smoothing: float,
-                  augment_items: tuple, view_items: tuple, compute_dtype: str, xla: backend.XlaOptions,
-                  freeze: str, recipe_items: tuple, diagnostics: bool):  # fmt: skip
+                  augment_items: tuple, view_items: tuple, compute_dtype: str, matmul_precision: str,
+                  xla: backend.XlaOptions, freeze: str, recipe_items: tuple, diagnostics: bool):  # fmt: skip
     optim_config = ml_collections.ConfigDict(dict(optim_items))
     optimizer = optim.make_optimizer(optim_config, steps_per_epoch, num_epochs, freeze)
     augment = functools.partial(data.augment, **dict(augment_items))
     train_fn = train_step_fn(model, optimizer, loss, augment, compute_dtype, label_smoothing, **dict(recipe_items))
     views = functools.partial(data.test_time_views, **dict(view_items))
     eval_fn = eval_step_fn(model, loss, compute_dtype, views, diagnostics)
+    train_fn, eval_fn = (with_matmul_precision(fn, matmul_precision) for fn in (train_fn, eval_fn))
     options = xla.compiler_options()
     train_step = jax.jit(train_fn, donate_argnums=0, compiler_options=options)
     return optimizer, train_fn, train_step, eval_fn, jax.jit(eval_fn, compiler_options=options)
@@ -462,7 +481,8 @@ def compiled_steps(config, model, steps_per_epoch: int, preprocessing: data.Prep
     augment_items = _augment_items(config, preprocessing)
     return _cached_steps(
         model, optim_items, steps_per_epoch, config.train.num_epochs, config.train.loss, config.train.label_smoothing,
-        augment_items, _view_items(config), config.train.compute_dtype, backend.XlaOptions.of(config.train),
+        augment_items, _view_items(config), config.train.compute_dtype, config.train.matmul_precision,
+        backend.XlaOptions.of(config.train),
         config.train.freeze, _recipe_items(config), config.train.diagnostics,
     )  # fmt: skip
 

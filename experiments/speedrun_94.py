@@ -26,4 +26,5 @@ def get_config():
     with config.unlocked():
         config.train.num_epochs = EPOCHS
         config.train.eval_every = EPOCHS
+        config.train.matmul_precision = "bfloat16"  # convolutions multiplied in bfloat16 where the CPU does so natively
     return config

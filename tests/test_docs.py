@@ -39,11 +39,11 @@ def test_each_machines_figures_are_rendered_under_its_own_name(tmp_path, monkeyp
     results.mkdir(parents=True)
     monkeypatch.setattr(module, "ROOT", tmp_path)
     monkeypatch.setattr(module, "RESULTS", results)
-    for cpu, rate in (("AMD EPYC", 111), ("Intel Xeon", 222)):
+    for cpu, rate, bfloat16_gain in (("AMD EPYC", 111, None), ("Intel Xeon", 222, 1.25)):
         machine = {"cpu": cpu, "cores": 2, "vector_isa": "avx2", "jax": "0.10.2", "torch": "2.13.0", "batch": 128}
         slug = cpu.lower().replace(" ", "-")
         figures = {"images_per_sec": {"cnnjax": rate, "torch_eager": 100}, "ratio_vs_torch": rate / 100,
-                   "onednn_gain": 1.0, "model": "lenet"}  # fmt: skip
+                   "onednn_gain": 1.0, "bfloat16_gain": bfloat16_gain, "model": "lenet"}  # fmt: skip
         (results / f"vs_pytorch-lenet-{slug}.json").write_text(json.dumps({**machine, **figures}))
         startup = {"first_step_cold_cache_s": rate / 10, "first_step_warm_cache_s": 1.0, "imports_s": 0.5}
         (results / f"startup-lenet-{slug}.json").write_text(json.dumps({**machine, **startup}))
@@ -51,6 +51,7 @@ def test_each_machines_figures_are_rendered_under_its_own_name(tmp_path, monkeyp
     assert [("AMD EPYC" in t, "| 111 |" in t, "Intel Xeon" in t, "| 222 |" in t) for t in tables] == [
         (False, True, False, False), (True, False, False, False), (False, False, False, True), (False, False, True, False)
     ]  # fmt: skip
+    assert "| 1.00x | - |" in tables[0] and "| 1.00x | 1.25x |" in tables[2]  # bfloat16's gain where measured
     lines = module.time_to_accuracy(tmp_path)
     assert lines.index("On a 2-core AMD EPYC") < lines.index("**11.1 s**") < lines.index("On a 2-core Intel Xeon")
     assert lines.index("On a 2-core Intel Xeon") < lines.index("**22.2 s**")

@@ -1,5 +1,6 @@
 """cnnjax.functional: hand-worked examples, semantics of every op, jit/vmap/grad, shape helpers and clear errors."""
 
+import functools
 import os
 
 import jax
@@ -324,10 +325,11 @@ def test_default_lowering_is_onednn_for_float32_on_cpu_else_banded_over_few_inpu
     assert onednn.available(), onednn.unavailable_reason()  # built by the project's setup (setup.py)
     monkeypatch.setattr(onednn, "threads_per_device", lambda: 2)  # a 2-core CPU, like this project's machine
     assert lowering((5, 5, 1, 6), "cpu") == "onednn" and lowering((3, 3, 32, 64), "cpu", jnp.float32) == "onednn"
-    assert (
-        lowering((5, 5, 1, 6), "cpu", jnp.float64) == "banded"
-        and lowering((3, 3, 16, 16), "cpu", jnp.bfloat16) == "xla"
-    )
+    assert lowering((5, 5, 1, 6), "cpu", jnp.float64) == "banded"
+    with monkeypatch.context() as bfloat16_cpu:  # bfloat16 goes to oneDNN where the CPU multiplies it in hardware
+        for native, expected in [(True, "onednn"), (False, "xla")]:
+            bfloat16_cpu.setattr(onednn, "native_bfloat16", lambda native=native: native)
+            assert lowering((3, 3, 16, 16), "cpu", jnp.bfloat16) == expected
     assert lowering((5, 5, 1, 6), "gpu") == "xla" and lowering((5, 5, 1, 6), "tpu") == "xla"
     assert lowering((5, 5, 1, 6)) == lowering((5, 5, 1, 6), jax.default_backend())
     with monkeypatch.context() as several_devices:  # XLA's partitioner would give every CPU device the whole batch
@@ -353,9 +355,13 @@ def test_onednn_calls_run_on_a_devices_share_of_the_cores_up_to_eight(monkeypatc
 
 
 def test_onednn_lowering_refuses_other_dtypes_and_says_why_it_is_unavailable(monkeypatch):
-    x, kernel = jnp.zeros((1, 8, 8, 3), jnp.bfloat16), jnp.zeros((3, 3, 3, 4), jnp.bfloat16)
-    with pytest.raises(ValueError, match=r"lowering='onednn' runs float32 only, got bfloat16 input .* lowering='xla'"):
+    x, kernel = jnp.zeros((1, 8, 8, 3), jnp.float16), jnp.zeros((3, 3, 3, 4), jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"runs float32 or bfloat16 operands of one dtype, got float16 input and "
+                       r"bfloat16 kernel; use lowering='xla'"):  # fmt: skip
         F.conv2d(x, kernel, lowering="onednn")
+    monkeypatch.setattr(onednn, "native_bfloat16", lambda: False)
+    with pytest.raises(ValueError, match=r"runs bfloat16 only on CPUs with AVX512_BF16 or AMX, .* lowering='xla'"):
+        F.conv2d(x.astype(jnp.bfloat16), kernel, lowering="onednn")
     monkeypatch.setattr(onednn, "unavailable_reason", lambda: "the compiled handler is not in cnnjax/lowering/")
     with pytest.raises(ValueError, match=r"'onednn' is not available: the compiled handler is not in cnnjax/lowering/"):
         F.conv2d(x.astype(jnp.float32), kernel.astype(jnp.float32), lowering="onednn")
@@ -374,6 +380,33 @@ def test_onednn_conv_differentiates_in_both_modes_to_second_order_and_vmaps_like
         lambda f: jax.vmap(lambda k: f(x, k), in_axes=3, out_axes=3)(kernel[..., None]),  # mapped kernels
     ]:
         np.testing.assert_allclose(transform(conv("onednn")), transform(conv("xla")), rtol=1e-4, atol=1e-3)
+
+
+def test_onednn_bfloat16_conv_and_its_gradients_match_xla_and_float32_runs_in_it_at_bfloat16_precision(
+    monkeypatch, rng
+):
+    x = jnp.asarray(rng.standard_normal((4, 9, 8, 16)), jnp.float32)
+    kernel, dy = jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32), rng.standard_normal((4, 5, 4, 8))
+    grads = lambda x, kernel, lowering: _conv_loss_and_grads(x, kernel, dy.astype(x.dtype), lowering)  # noqa: E731
+    as_bf16 = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), tree)  # noqa: E731
+    in_f32, native = jax.jit(functools.partial(grads, lowering="onednn"))(x, kernel), onednn.native_bfloat16()
+    monkeypatch.setattr(onednn, "native_bfloat16", lambda: False)  # a CPU without AVX512_BF16: the hint is ignored
+    with jax.default_matmul_precision("bfloat16"):
+        ignored = jax.jit(functools.partial(grads, lowering="onednn"))(x, kernel)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ignored, in_f32)
+    if not native:  # this CPU lacks AVX512_BF16 and AMX: oneDNN would refuse bfloat16
+        return
+    monkeypatch.setattr(onednn, "native_bfloat16", lambda: True)
+    both_bf16 = [jax.jit(functools.partial(grads, lowering=lowering))(*as_bf16((x, kernel))) for lowering in
+                 ("onednn", "xla")]  # fmt: skip
+    for ours, xla in zip(*map(jax.tree_util.tree_leaves, both_bf16)):  # float32 sums, rounded to bfloat16 once
+        assert ours.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.float32(ours), np.float32(xla), rtol=2e-2, atol=0.15)
+    with jax.default_matmul_precision("bfloat16"):  # float32 in and out, multiplied in bfloat16
+        loss, (dx, dkernel) = jax.jit(functools.partial(grads, lowering="onednn"))(x, kernel)
+    assert dx.dtype == dkernel.dtype == jnp.float32 and not np.array_equal(dkernel, in_f32[1][1])
+    np.testing.assert_allclose(dkernel, in_f32[1][1], rtol=2e-2, atol=0.3)
+    np.testing.assert_allclose(loss, in_f32[0], rtol=2e-2)
 
 
 def _conv_loss_and_grads(x, kernel, dy, lowering):

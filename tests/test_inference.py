@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import cnnjax
-from cnnjax import checkpoint, data, inference, models, optim, run_card, train
+from cnnjax import checkpoint, data, inference, models, onednn, optim, run_card, train
 from cnnjax import functional as F
 from cnnjax.config import base_config
 from cnnjax.data import sources
@@ -112,6 +112,30 @@ def test_predict_on_the_test_split_gives_the_runs_test_accuracy(trained):
         predictor.predict(run.parent / "small.png")
     last = cnnjax.load(run, which="last")
     assert "periodic" in last.source and "best" in predictor.source
+
+
+def test_a_run_at_bfloat16_matmul_precision_is_tested_and_predicts_at_it(tmp_path):
+    names = fakes.make_learnable_folder(tmp_path / "folder", n_train=96, n_test=40, classes=4)
+    config = folder_config(tmp_path / "folder", tmp_path / "cache", len(names), matmul_precision="bfloat16")
+    config.train.num_epochs, config.data.test_time_flip = 1, False
+    with jax.numpy_dtype_promotion("standard"):
+        results = train.train_and_evaluate(config, tmp_path / "run")
+    predictor = cnnjax.load(tmp_path / "run")
+    assert predictor.card["matmul_precision"] == "bfloat16"
+    files = sorted((tmp_path / "folder" / "test").rglob("*.png"))
+    labels = np.array([predictor.class_names.index(f.parent.name) for f in files])
+    assert np.mean(predictor.predict(files).argmax(axis=1) == labels) == results["test_accuracy"]
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((8, *predictor.input_shape)), jnp.float32)
+    with jax.default_matmul_precision("bfloat16"):
+        expected = jax.jit(train.eval_outputs_fn(predictor.model))(predictor.variables, x)
+    at_default = jax.jit(train.eval_outputs_fn(predictor.model))(predictor.variables, x)
+    outputs = jax.jit(predictor.probabilities_fn())(predictor.variables, x)
+    np.testing.assert_array_equal(outputs, jax.nn.softmax(expected, axis=-1))
+    in_bfloat16 = onednn.native_bfloat16() and F.default_conv_lowering((5, 5, 6, 16)) == "onednn"  # lenet's conv2
+    assert np.array_equal(expected, at_default) != in_bfloat16
+    config.train.matmul_precision = "bf16"
+    with pytest.raises(ValueError, match=r"config.train.matmul_precision='bf16' is invalid: choose one of "):
+        train.check_config(config)
 
 
 def test_export_runs_without_cnnjax_or_flax_and_agrees_with_predict(trained, tmp_path):

@@ -41,9 +41,10 @@ def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = Non
     docs/performance.md):
 
     - GPU and TPU: 'xla' (``lax.conv_general_dilated``).
-    - CPU, float32, oneDNN's handler built (:mod:`cnnjax.onednn`) and one CPU device: 'onednn', the fastest for every
-      benchmarked layer forward and backward on a 2-core CPU; except convolutions over at most 6 input channels where
-      a device has more than 2 cores, whose oneDNN primitives scale worse with cores than XLA's banded convolutions.
+    - CPU, float32 (or bfloat16 on a CPU that multiplies it in hardware, ``onednn.native_bfloat16``), oneDNN's
+      handler built (:mod:`cnnjax.onednn`) and one CPU device: 'onednn', the fastest for every benchmarked layer
+      forward and backward on a 2-core CPU; except convolutions over at most 6 input channels where a device has more
+      than 2 cores, whose oneDNN primitives scale worse with cores than XLA's banded convolutions.
     - Otherwise (another dtype, no handler, several CPU devices, which XLA's SPMD partitioner cannot split a custom
       call over): 'banded' over at most 6 input channels, where XLA:CPU's convolution is weakest, else 'xla'.
     """
@@ -51,7 +52,7 @@ def default_conv_lowering(kernel_shape: Sequence[int], backend: str | None = Non
         return "xla"
     few_channels = kernel_shape[2] <= 6
     if (
-        jnp.dtype(dtype) == jnp.float32
+        (jnp.dtype(dtype) == jnp.float32 or (jnp.dtype(dtype) == jnp.bfloat16 and onednn.native_bfloat16()))
         and onednn.available()
         and jax.device_count("cpu") == 1
         and (not few_channels or onednn.threads_per_device() <= 2)

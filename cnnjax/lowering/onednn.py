@@ -7,7 +7,9 @@ XLA FFI custom call compiled from ``cnnjax/lowering/csrc/onednn_conv.cc`` when t
 against the ``onednn-cpu-gomp`` wheel), so it runs inside the jitted program like any other XLA
 operation: forward, input gradient and kernel gradient, each a oneDNN primitive built once per shape, and a JAX
 primitive differentiable like ``lax.conv``. Traced under a mesh of several devices (``jax.set_mesh``), each
-device convolves its part of the batch. float32 only.
+device convolves its part of the batch. float32, or bfloat16 (accumulated in float32), the operands all one dtype;
+float32 ones in bfloat16 under ``jax.default_matmul_precision('bfloat16')`` where the CPU multiplies bfloat16 in
+hardware (:func:`multiplies_float32_in_bfloat16`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,26 @@ def available() -> bool:
 # oneDNN's threads per call at most: on a 16-core x86 CPU more threads than 8 made the Flax MNIST CNN's step slower
 # than XLA's own convolutions (bench/vs_pytorch.py, run with this value edited)
 MAX_THREADS = 8
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+@functools.cache
+def native_bfloat16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX, /proc/cpuinfo), where oneDNN's bfloat16
+    convolutions outrun its float32 ones; elsewhere oneDNN emulates them, slower than float32."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def multiplies_float32_in_bfloat16() -> bool:
+    """Whether float32 convolutions traced now run in bfloat16 (operands rounded to it, products accumulated in float32,
+    the result float32): inside ``jax.default_matmul_precision('bfloat16')`` (``config.train.matmul_precision``) on a
+    CPU with :func:`native_bfloat16`. JAX treats precision as a hint, as XLA:CPU does for its own operations: a CPU
+    that would only emulate bfloat16 keeps float32."""
+    return jax.config.jax_default_matmul_precision == "bfloat16" and native_bfloat16()
 
 
 def threads_per_device() -> int:
@@ -75,17 +97,23 @@ def threads_per_device() -> int:
 
 
 def conv(x: jax.Array, kernel: jax.Array, stride, dilation, pads, groups: int) -> jax.Array:
-    """conv2d with oneDNN: x (N, H, W, C) float32, kernel (kh, kw, C // groups, O) float32 -> (N, H_out, W_out, O);
-    ``stride``, ``dilation`` pairs, ``pads`` ((top, bottom), (left, right)) as ``functional.conv2d`` canonicalizes
-    them. Raises a ValueError when oneDNN cannot run it."""
-    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+    """conv2d with oneDNN: x (N, H, W, C), kernel (kh, kw, C // groups, O), both float32 or both bfloat16 ->
+    (N, H_out, W_out, O) of their dtype; ``stride``, ``dilation`` pairs, ``pads`` ((top, bottom), (left, right)) as
+    ``functional.conv2d`` canonicalizes them. Raises a ValueError when oneDNN cannot run it."""
+    if x.dtype != kernel.dtype or x.dtype not in DTYPES:
         raise ValueError(
-            f"conv2d: lowering='onednn' runs float32 only, got {x.dtype} input and {kernel.dtype} kernel; "
-            "use lowering='xla' (or None, which picks one for the dtype)"
+            f"conv2d: lowering='onednn' runs float32 or bfloat16 operands of one dtype, got {x.dtype} input and "
+            f"{kernel.dtype} kernel; use lowering='xla' (or None, which picks one for the dtype)"
         )
     reason = unavailable_reason()
     if reason is not None:
         raise ValueError(f"conv2d: lowering='onednn' is not available: {reason}; or use lowering='xla'")
+    if x.dtype == jnp.bfloat16 and not native_bfloat16():
+        raise ValueError("conv2d: lowering='onednn' runs bfloat16 only on CPUs with AVX512_BF16 or AMX, which this one "
+                         "lacks; use lowering='xla'")  # fmt: skip
+    if x.dtype == jnp.float32 and multiplies_float32_in_bfloat16():
+        narrow = conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), stride, dilation, pads, groups)
+        return narrow.astype(jnp.float32)
     (top, bottom), (left, right) = pads
     geometry = (*stride, *dilation, top, bottom, left, right, groups)
 
@@ -136,7 +164,7 @@ def _bind(kind: int, a: jax.Array, b: jax.Array, geometry: tuple[int, ...], shap
 
 
 def _abstract_eval(a, b, *, kind, geometry, shape, threads):
-    return jax.core.ShapedArray(shape, jnp.float32)
+    return jax.core.ShapedArray(shape, a.dtype)
 
 
 @functools.cache

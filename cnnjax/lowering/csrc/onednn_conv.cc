@@ -1,14 +1,15 @@
 // XLA FFI handler running a 2-D convolution or one of its gradients with oneDNN (the library PyTorch's CPU
 // convolutions use), for cnnjax.functional.conv2d's 'onednn' lowering.
 //
-// One handler, three kinds (attribute `kind`), all float32, activations NHWC and kernels HWIO (grouped: H, W,
-// I/groups, O, with O group-major, as lax.conv_general_dilated's feature_group_count):
+// One handler, three kinds (attribute `kind`), all operands float32 or all bfloat16 (oneDNN accumulates bfloat16 in
+// float32), activations NHWC and kernels HWIO (grouped: H, W, I/groups, O, with O group-major, as
+// lax.conv_general_dilated's feature_group_count):
 //   0 forward:         (x, w)  -> y
 //   1 input gradient:  (dy, w) -> dx
 //   2 kernel gradient: (x, dy) -> dw
 // Attribute `geometry`: stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_bottom, pad_left, pad_right, groups;
 // `threads`: the OpenMP threads a call runs on (fewer than the cores when XLA runs several CPU devices at once).
-// Primitives are built once per shape, geometry and thread count and cached; each call gets its own scratchpad, so
+// Primitives are built once per dtype, shape, geometry and thread count and cached; each call gets its own scratchpad, so
 // concurrent calls from XLA's threads are safe.
 #include <cstdint>
 #include <map>
@@ -36,16 +37,16 @@ dnnl::engine& cpu_engine() {
 }
 
 // NHWC activations as oneDNN's logical (N, C, H, W).
-memory::desc activation_desc(ffi::Span<const int64_t> nhwc) {
-  return memory::desc({nhwc[0], nhwc[3], nhwc[1], nhwc[2]}, memory::data_type::f32, memory::format_tag::nhwc);
+memory::desc activation_desc(ffi::Span<const int64_t> nhwc, memory::data_type type) {
+  return memory::desc({nhwc[0], nhwc[3], nhwc[1], nhwc[2]}, type, memory::format_tag::nhwc);
 }
 
 // HWIO kernels as oneDNN's logical (O, I, H, W), or (G, O/G, I/G, H, W) with groups.
-memory::desc kernel_desc(ffi::Span<const int64_t> hwio, int64_t groups, bool any_layout) {
+memory::desc kernel_desc(ffi::Span<const int64_t> hwio, int64_t groups, bool any_layout, memory::data_type type) {
   const auto layout = any_layout ? memory::format_tag::any
                                  : (groups == 1 ? memory::format_tag::hwio : memory::format_tag::hwigo);
-  if (groups == 1) return memory::desc({hwio[3], hwio[2], hwio[0], hwio[1]}, memory::data_type::f32, layout);
-  return memory::desc({groups, hwio[3] / groups, hwio[2], hwio[0], hwio[1]}, memory::data_type::f32, layout);
+  if (groups == 1) return memory::desc({hwio[3], hwio[2], hwio[0], hwio[1]}, type, layout);
+  return memory::desc({groups, hwio[3] / groups, hwio[2], hwio[0], hwio[1]}, type, layout);
 }
 
 struct Plan {
@@ -64,23 +65,24 @@ struct Plan {
   }
 };
 
-using Key = std::tuple<int64_t, int64_t, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>,
-                       std::vector<int64_t>>;
+using Key = std::tuple<int64_t, int64_t, memory::data_type, std::vector<int64_t>, std::vector<int64_t>,
+                       std::vector<int64_t>, std::vector<int64_t>>;
 
-Plan make_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
-               ffi::Span<const int64_t> g) {
+Plan make_plan(Kind kind, memory::data_type type, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+               ffi::Span<const int64_t> y, ffi::Span<const int64_t> g) {
   auto& engine = cpu_engine();
   const memory::dims strides = {g[0], g[1]}, dilations = {g[2] - 1, g[3] - 1};
   const memory::dims pad_l = {g[4], g[6]}, pad_r = {g[5], g[7]};
   const int64_t groups = g[8];
-  const auto src = activation_desc(x), dst = activation_desc(y), kernel_any = kernel_desc(w, groups, true);
+  const auto src = activation_desc(x, type), dst = activation_desc(y, type);
+  const auto kernel_any = kernel_desc(w, groups, true, type);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const dnnl::convolution_forward::primitive_desc forward(
       engine, kind == kForward ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
       dnnl::algorithm::convolution_direct, src, kernel_any, dst, strides, dilations, pad_l, pad_r, attr);
   Plan plan;
-  plan.user_kernel = kernel_desc(w, groups, false);
+  plan.user_kernel = kernel_desc(w, groups, false, type);
   if (kind == kForward) {
     plan.use<dnnl::convolution_forward>(forward, forward.weights_desc());
   } else if (kind == kInputGradient) {
@@ -103,15 +105,15 @@ Plan make_plan(Kind kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w
 }
 
 // Called with the thread count set (oneDNN sizes its work split by it).
-const Plan& cached_plan(Kind kind, int64_t threads, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                        ffi::Span<const int64_t> y, ffi::Span<const int64_t> geometry) {
+const Plan& cached_plan(Kind kind, int64_t threads, memory::data_type type, ffi::Span<const int64_t> x,
+                        ffi::Span<const int64_t> w, ffi::Span<const int64_t> y, ffi::Span<const int64_t> geometry) {
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<Plan>> plans;
-  Key key{kind, threads, {x.begin(), x.end()}, {w.begin(), w.end()}, {y.begin(), y.end()},
+  Key key{kind, threads, type, {x.begin(), x.end()}, {w.begin(), w.end()}, {y.begin(), y.end()},
           {geometry.begin(), geometry.end()}};
   std::lock_guard<std::mutex> lock(mutex);
   auto& plan = plans[key];
-  if (!plan) plan = std::make_unique<Plan>(make_plan(kind, x, w, y, geometry));
+  if (!plan) plan = std::make_unique<Plan>(make_plan(kind, type, x, w, y, geometry));
   return *plan;
 }
 
@@ -119,9 +121,11 @@ ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuff
                     ffi::Span<const int64_t> geometry, int64_t threads) {
   if (kind_attr < kForward || kind_attr > kKernelGradient || geometry.size() != 9 || threads < 1)
     return ffi::Error::InvalidArgument("cnnjax_onednn_conv: kind must be 0-2, geometry hold 9 values, threads >= 1");
-  if (a.element_type() != ffi::DataType::F32 || b.element_type() != ffi::DataType::F32 ||
-      out->element_type() != ffi::DataType::F32)
-    return ffi::Error::InvalidArgument("cnnjax_onednn_conv: float32 operands only");
+  const auto element = a.element_type();
+  if ((element != ffi::DataType::F32 && element != ffi::DataType::BF16) || b.element_type() != element ||
+      out->element_type() != element)
+    return ffi::Error::InvalidArgument("cnnjax_onednn_conv: operands all float32 or all bfloat16");
+  const auto type = element == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
   const auto kind = static_cast<Kind>(kind_attr);
   // (x, w, y) and their data pointers, whichever two are the inputs
   void* x = kind == kInputGradient ? out->untyped_data() : a.untyped_data();
@@ -132,7 +136,7 @@ ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuff
   const auto y_shape = kind == kForward ? out->dimensions() : (kind == kInputGradient ? a.dimensions() : b.dimensions());
   omp_set_num_threads(static_cast<int>(threads));  // this calling thread's parallel regions
   try {
-    const Plan& plan = cached_plan(kind, threads, x_shape, w_shape, y_shape, geometry);
+    const Plan& plan = cached_plan(kind, threads, type, x_shape, w_shape, y_shape, geometry);
     auto& engine = cpu_engine();
     thread_local dnnl::stream stream(engine);
     // uninitialized: a zero-filled std::vector would write the whole scratchpad first
@@ -144,7 +148,7 @@ ffi::Error convolve(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuff
       kernel = memory(plan.kernel, engine, kernel_scratch.get());
       if (kind != kKernelGradient) plan.kernel_reorder->execute(stream, user_kernel, kernel);
     }
-    memory src(activation_desc(x_shape), engine, x), dst(activation_desc(y_shape), engine, y);
+    memory src(activation_desc(x_shape, type), engine, x), dst(activation_desc(y_shape, type), engine, y);
     memory scratchpad(plan.scratchpad, engine, scratch.get());
     // the operands' argument names: gradients are the diff_ ones
     const int x_arg = kind == kInputGradient ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC;
