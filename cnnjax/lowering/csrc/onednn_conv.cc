@@ -9,8 +9,8 @@
 //   2 kernel gradient: (x, dy) -> dw
 // Attribute `geometry`: stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_bottom, pad_left, pad_right, groups;
 // `threads`: the OpenMP threads a call runs on (fewer than the cores when XLA runs several CPU devices at once).
-// Primitives are built once per dtype, shape, geometry and thread count and cached; each call gets its own scratchpad, so
-// concurrent calls from XLA's threads are safe.
+// Primitives are built once per dtype, shape, geometry and thread count and cached; each call gets its own
+// scratchpad, so concurrent calls from XLA's threads are safe.
 #include <cstdint>
 #include <map>
 #include <memory>
