@@ -280,7 +280,7 @@ def launch(*args):
             "lenet",
             {"optim.learning_rate", "data.test_time_shift", "train.num_epochs", "train.eval_every"},
         ),
-        ("speedrun_94", "resnet9", {"train.num_epochs", "train.eval_every"}),
+        ("speedrun_94", "resnet9", {"train.num_epochs", "train.eval_every", "train.matmul_precision"}),
     ],
 )
 def test_speedruns_are_their_experiments_with_a_shorter_schedule(speedrun, base, changed):
