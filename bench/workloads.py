@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from cnnjax import backend, models, optim, parallel, train
+from cnnjax import backend, models, onednn, optim, parallel, train
 from cnnjax.config import base_config
 from experiments import cifar_cnn, mnist_cnn, resnet, resnet9
 
@@ -128,10 +128,7 @@ def cpu_name() -> str:
 
 def vector_isa() -> str:
     """The widest x86 vector extension the CPU reports: 'avx512', 'avx2', or '' (other CPUs)."""
-    try:
-        flags = re.search(r"flags\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()).group(1).split()
-    except (OSError, AttributeError):
-        return ""
+    flags = onednn.cpu_flags()
     return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else ""
 
 

@@ -72,14 +72,19 @@ DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
 @functools.cache
-def native_bfloat16() -> bool:
-    """Whether the CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX, /proc/cpuinfo), where oneDNN's bfloat16
-    convolutions outrun its float32 ones; elsewhere oneDNN emulates them, slower than float32."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo, e.g. 'avx2', 'avx512_bf16'); empty where the file does not say."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+        return frozenset()
+    return frozenset(flags.partition(":")[2].split())
+
+
+def native_bfloat16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX), where oneDNN's bfloat16 convolutions
+    outrun its float32 ones; elsewhere oneDNN emulates them, slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def multiplies_float32_in_bfloat16() -> bool:
